@@ -1,0 +1,23 @@
+# visfeat: image features for vision-and-language research. Thin on purpose: rules live in workflow/rules/.
+from snakemake.utils import min_version
+
+min_version("9.19")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/datasets.smk"
+include: "workflow/rules/shards.smk"
+include: "workflow/rules/weights.smk"
+include: "workflow/rules/extract.smk"
+include: "workflow/rules/merge.smk"
+include: "workflow/rules/text.smk"
+include: "workflow/rules/kmeans.smk"
+
+
+rule all_features:
+    input:
+        get_all_features(),
+    default_target: True

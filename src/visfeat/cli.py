@@ -1,0 +1,247 @@
+"""`visfeat` command line. Each subcommand imports only what it needs, so the CPU steps run without torch."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+
+def _kv(items: list[str]) -> dict:
+    out = {}
+    for it in items or []:
+        if "=" not in it:
+            raise SystemExit(f"--set expects KEY=VALUE, got {it!r}")
+        k, v = it.split("=", 1)
+        out[k] = yaml.safe_load(v)
+    return out
+
+
+def cmd_presets(a) -> int:
+    from .extractors.registry import PRESETS, presets
+
+    for name in presets():
+        p = PRESETS[name]
+        if a.names:
+            print(name)
+            continue
+        w = p.weights_note or ", ".join(f"{wf.filename} <{wf.url}>" for wf in p.weights)
+        print(f"{name}  [{p.family}]\n  {p.summary}\n  fields: {p.fields}\n  weights: {w}\n"
+              f"  source: {p.source}\n  licence: {p.license}\n  cite: {p.citation}\n")
+    return 0
+
+
+def cmd_extract(a) -> int:
+    from .extract import folder_items, read_list, run_extraction
+    from .extractors.registry import load_extractor
+
+    if a.boxes:
+        raise SystemExit(f"--boxes: preset {a.preset!r} takes no boxes (forced-boxes mode is for region presets)")
+    if bool(a.images) == bool(a.list):
+        raise SystemExit("give exactly one of --images DIR or --list FILE")
+    items = folder_items(a.images) if a.images else read_list(a.list, a.root)
+    ex = load_extractor(a.preset, weights=a.weights, device=a.device, amp=a.amp, **_kv(a.set))
+    res = run_extraction(ex, items, a.out, batch_size=a.batch_size, workers=a.workers, name=a.name,
+                         storage_dtype=a.dtype, compression=a.compression)
+    return 0 if res else 1
+
+
+def cmd_inspect(a) -> int:
+    from .inspect import describe
+
+    print(describe(a.file))
+    return 0
+
+
+def cmd_export(a) -> int:
+    from .exporters import export
+
+    n = export(a.format, a.file, a.out)
+    print(f"exported {n} images to {a.out} ({a.format})")
+    return 0
+
+
+def cmd_manifest(a) -> int:
+    from .datasets import build_manifest, read_image_list, scan_folder
+
+    root = Path(a.root)
+    if a.source in ("folder", "archive", "sample"):
+        pairs = scan_folder(root, a.id_style)
+    elif a.source == "list":
+        pairs = read_image_list(a.list, a.id_style)
+    else:
+        raise SystemExit(f"unknown source {a.source!r}")
+    df = build_manifest(root, pairs, apply_exif=not a.no_exif)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(a.out + ".tmp")
+    df.to_parquet(tmp, index=False)
+    tmp.replace(a.out)
+    bad = int((df["width"] < 0).sum())
+    print(f"manifest: {len(df)} images under {root} ({bad} with unreadable headers) -> {a.out}")
+    return 0
+
+
+def cmd_shard(a) -> int:
+    import pandas as pd
+
+    from .datasets import write_shard
+
+    n = write_shard(pd.read_parquet(a.manifest), a.n, a.index, a.out)
+    print(f"shard {a.index}/{a.n}: {n} images -> {a.out}")
+    return 0
+
+
+def cmd_merge(a) -> int:
+    import pandas as pd
+
+    from .store import merge
+
+    expected = list(pd.read_parquet(a.manifest)["image_id"]) if a.manifest else None
+    res = merge(a.shards, a.out, expected_ids=expected)
+    print(f"merged {len(a.shards)} shards -> {a.out}: {res['images']} images, {res['failed']} failed")
+    return 0
+
+
+def cmd_fetch_weights(a) -> int:
+    from .extractors.registry import get_preset
+    from .weights import fetch
+
+    p = get_preset(a.preset)
+    if not p.weights:
+        print(f"preset {a.preset} needs no download ({p.weights_note})")
+        return 0
+    wf = p.weights[0]
+    fetch(a.preset, wf if not a.url else type(wf)(wf.filename, a.url, wf.sha256, wf.size), a.dest)
+    print(f"weights ready: {a.dest}")
+    return 0
+
+
+def cmd_prepare(a) -> int:
+    from .datasets import install_sample
+    from .download import download, unpack
+
+    if a.source == "sample":
+        names = install_sample(a.dest)
+        print(f"sample dataset: {len(names)} photos from scikit-image -> {a.dest}")
+        return 0
+    if not (a.url and a.archive):
+        raise SystemExit("--source archive needs --url and --archive")
+    archive = Path(a.archive)
+    if not archive.exists():
+        download(a.url, archive, sha256=a.sha256)
+    unpack(archive, a.dest)
+    print(f"unpacked {archive} -> {a.dest}")
+    return 0
+
+
+def cmd_text(a) -> int:
+    from .text import embed_captions
+
+    n = embed_captions(a.preset, a.captions, a.out, weights=a.weights, device=a.device, amp=a.amp,
+                       batch_size=a.batch_size)
+    print(f"{n} captions embedded -> {a.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="visfeat", description="Image features for vision-and-language research.")
+    ap.add_argument("--version", action="version", version=__import__("visfeat").__version__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("presets", help="list presets: family, fields, weights, licence, citation")
+    p.add_argument("--names", action="store_true", help="names only")
+    p.set_defaults(func=cmd_presets)
+
+    p = sub.add_parser("extract", help="extract features of a folder or an image list into one store")
+    p.add_argument("--preset", required=True)
+    p.add_argument("--weights", help="weights file (default: resources/weights/{preset}/ or the shipped file)")
+    p.add_argument("--images", help="folder of images (recursive)")
+    p.add_argument("--list", help="list file: `path` or `image_id<TAB>path` per line")
+    p.add_argument("--root", help="folder that relative paths in --list resolve against (default: the list's)")
+    p.add_argument("--out", required=True, help="output .h5 (appears when complete; rerun resumes)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="preset option (YAML value)")
+    p.add_argument("--boxes", help="given boxes per image id (forced-boxes mode, region presets)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding images")
+    p.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
+    p.add_argument("--name", help="extractor instance name stored in the file (default: the preset)")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="storage dtype")
+    p.add_argument("--compression", choices=["none", "gzip", "lzf"], default="none")
+    p.set_defaults(func=cmd_extract)
+
+    p = sub.add_parser("inspect", help="what is in a feature file")
+    p.add_argument("file")
+    p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("export", help="write a store in a layout downstream code reads")
+    p.add_argument("--format", required=True)
+    p.add_argument("file")
+    p.add_argument("out")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("manifest", help="(workflow) list a dataset's images into manifest.parquet")
+    p.add_argument("--source", required=True, choices=["folder", "list", "sample", "archive"])
+    p.add_argument("--root", required=True)
+    p.add_argument("--list")
+    p.add_argument("--id-style", default="path", choices=["path", "stem", "coco"])
+    p.add_argument("--no-exif", action="store_true", help="report header sizes without EXIF orientation")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_manifest)
+
+    p = sub.add_parser("shard", help="(workflow) write shard INDEX of N of a manifest as a list file")
+    p.add_argument("--manifest", required=True)
+    p.add_argument("--n", type=int, required=True)
+    p.add_argument("--index", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_shard)
+
+    p = sub.add_parser("merge", help="(workflow) merge shard stores, validated against the manifest")
+    p.add_argument("--manifest")
+    p.add_argument("--out", required=True)
+    p.add_argument("shards", nargs="+")
+    p.set_defaults(func=cmd_merge)
+
+    p = sub.add_parser("fetch-weights", help="(workflow) download a preset's weights, sha256-checked")
+    p.add_argument("--preset", required=True)
+    p.add_argument("--dest", required=True)
+    p.add_argument("--url", help="override the registry URL (a mirror)")
+    p.set_defaults(func=cmd_fetch_weights)
+
+    p = sub.add_parser("prepare", help="(workflow) install the sample photos, or download + unpack an archive")
+    p.add_argument("--source", required=True, choices=["sample", "archive"])
+    p.add_argument("--dest", required=True)
+    p.add_argument("--url")
+    p.add_argument("--sha256")
+    p.add_argument("--archive", help="where the downloaded archive is kept (resumable .part beside it)")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("text", help="CLIP text embeddings of captions (Karpathy dataset_*.json or a text file)")
+    p.add_argument("--preset", required=True)
+    p.add_argument("--weights")
+    p.add_argument("--captions", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--device", choices=["cpu", "cuda"])
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--amp", action="store_true")
+    p.set_defaults(func=cmd_text)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .images import ImageError
+    from .weights import WeightsMissing
+
+    try:
+        return args.func(args)
+    except (WeightsMissing, ImageError, KeyError, ValueError, OSError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"visfeat {args.cmd}: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""Workflow config validation: the JSON schema plus the checks a schema can't express, each failing with one line
+that names the key (`config: extractors.clip.preset: unknown preset 'clip-rn5'; known: ...`)."""
+from __future__ import annotations
+
+import copy
+import os
+from typing import Any
+
+import yaml
+
+# keys of an extractor instance that are not preset options
+INSTANCE_KEYS = ("preset", "weights", "batch_size", "workers", "amp", "device", "dtype", "compression")
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _fill_defaults(schema: dict, value: Any) -> Any:
+    if isinstance(value, dict) and schema.get("type") == "object":
+        for k, sub in schema.get("properties", {}).items():
+            if k not in value and "default" in sub:
+                value[k] = copy.deepcopy(sub["default"])
+        for k, v in value.items():
+            sub = schema.get("properties", {}).get(k, schema.get("additionalProperties"))
+            if isinstance(sub, dict):
+                value[k] = _fill_defaults(sub, v)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        value = [_fill_defaults(schema["items"], v) for v in value]
+    return value
+
+
+def _key(path) -> str:
+    return ".".join(str(p) for p in path) or "(top level)"
+
+
+def validate_config(config: dict, schema_path: str, base_dir: str = ".") -> dict:
+    """Validate, fill defaults, check cross-references and paths; return the filled config."""
+    import jsonschema
+
+    with open(schema_path) as f:
+        schema = yaml.safe_load(f)
+    cfg = copy.deepcopy(config)
+    for k, sub in schema.get("properties", {}).items():
+        if k not in cfg and "default" in sub:
+            cfg[k] = copy.deepcopy(sub["default"])
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if errors:
+        e = jsonschema.exceptions.best_match(errors)
+        if e.validator == "additionalProperties":
+            extra = sorted(set(e.instance) - set(e.schema.get("properties", {})))
+            raise ConfigError(f"config: {_key(list(e.absolute_path) + extra[:1])}: unknown key")
+        raise ConfigError(f"config: {_key(e.absolute_path)}: {e.message}")
+    cfg = _fill_defaults(schema, cfg)
+    _check_semantics(cfg, base_dir)
+    return cfg
+
+
+def _check_semantics(cfg: dict, base_dir: str) -> None:
+    from .extractors.registry import COMMON_OPTIONS, get_preset
+
+    def path_of(p: str) -> str:
+        return p if os.path.isabs(p) else os.path.join(base_dir, p)
+
+    for name, d in cfg["datasets"].items():
+        src = d["source"]
+        need = {"folder": ["path"], "list": ["list", "path"], "archive": ["url", "sha256"]}.get(src, [])
+        for k in need:
+            if k not in d:
+                raise ConfigError(f"config: datasets.{name}.{k}: required for source {src}")
+        if src == "folder" and not os.path.isdir(path_of(d["path"])):
+            raise ConfigError(f"config: datasets.{name}.path: folder {d['path']} does not exist")
+        if src == "list":
+            if not os.path.isfile(path_of(d["list"])):
+                raise ConfigError(f"config: datasets.{name}.list: file {d['list']} does not exist")
+            if not os.path.isdir(path_of(d["path"])):
+                raise ConfigError(f"config: datasets.{name}.path: folder {d['path']} does not exist")
+
+    for name, inst in cfg["extractors"].items():
+        inst.setdefault("preset", name)
+        try:
+            p = get_preset(inst["preset"])
+        except KeyError as e:
+            raise ConfigError(f"config: extractors.{name}.preset: {e.args[0]}") from None
+        allowed = {**COMMON_OPTIONS, **p.options}
+        for k in inst:
+            if k not in INSTANCE_KEYS and k not in allowed:
+                raise ConfigError(f"config: extractors.{name}.{k}: unknown key (preset {p.name} options: "
+                                  f"{', '.join(sorted(allowed))})")
+        if "weights" in inst and not os.path.isfile(path_of(inst["weights"])):
+            raise ConfigError(f"config: extractors.{name}.weights: file {inst['weights']} does not exist")
+
+    for k, entry in enumerate(cfg["features"]):
+        for d in entry["datasets"]:
+            if d not in cfg["datasets"]:
+                raise ConfigError(f"config: features.{k}.datasets: {d!r} is not defined under datasets")
+        for e in entry["extractors"]:
+            if e not in cfg["extractors"]:
+                raise ConfigError(f"config: features.{k}.extractors: {e!r} is not defined under extractors")
+
+    for name, t in cfg.get("text", {}).items():
+        if not os.path.isfile(path_of(t["captions"])):
+            raise ConfigError(f"config: text.{name}.captions: file {t['captions']} does not exist")
+        for e in t["extractors"]:
+            if e not in cfg["extractors"]:
+                raise ConfigError(f"config: text.{name}.extractors: {e!r} is not defined under extractors")
+            if get_preset(cfg["extractors"][e]["preset"]).family != "clip":
+                raise ConfigError(f"config: text.{name}.extractors: {e!r} is not a CLIP extractor")
+
+
+def preset_options(inst: dict) -> dict:
+    """The preset options of an extractor instance (everything but the instance keys)."""
+    return {k: v for k, v in inst.items() if k not in INSTANCE_KEYS}

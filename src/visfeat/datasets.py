@@ -1,0 +1,148 @@
+"""Dataset sources -> a manifest (one row per image) -> deterministic shards.
+
+Sources: `folder` (recursive scan), `list` (an image list file), `archive` (URL + sha256, unpacked by the
+workflow's download rule) and `sample` (real photos shipped by scikit-image, so the default run needs nothing).
+Image ids are the path relative to the dataset root without extension (`id_style: path`), the file stem
+(`stem`), or the trailing number of the stem (`coco`: COCO_val2014_000000000042.jpg -> "42"). A collision is an
+error naming both files.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from .images import header_size, is_image_file
+
+# scikit-image's bundled photos (skimage/data, no download); natural photos of varied size, mode and aspect.
+SAMPLE_PHOTOS = (
+    "astronaut.png",  # 512x512 RGB
+    "camera.png",  # 512x512 grayscale
+    "chelsea.png",  # 451x300 RGB, a cat
+    "coffee.png",  # 600x400 RGB, an espresso
+    "rocket.jpg",  # 427x640 RGB
+    "motorcycle_left.png",  # 741x497 RGB
+    "hubble_deep_field.jpg",  # 872x1000 RGB
+    "horse.png",  # 400x328 binary silhouette
+)
+
+MANIFEST_COLUMNS = ["image_id", "path", "bytes", "width", "height"]
+
+
+class DatasetError(ValueError):
+    pass
+
+
+def _id_for(relpath: str, style: str) -> str:
+    rel = relpath.replace(os.sep, "/")
+    stem = os.path.splitext(rel)[0]
+    if style == "path":
+        return stem
+    if style == "stem":
+        return os.path.basename(stem)
+    if style == "coco":
+        m = re.search(r"(\d+)$", os.path.basename(stem))
+        if not m:
+            raise DatasetError(f"id_style coco: no trailing number in file name {rel!r}")
+        return str(int(m.group(1)))
+    raise DatasetError(f"unknown id_style {style!r} (path, stem, coco)")
+
+
+def assign_ids(relpaths: list[str], style: str = "path") -> list[tuple[str, str]]:
+    """[(image_id, relpath)] sorted by id; a collision names both files."""
+    seen: dict[str, str] = {}
+    for p in relpaths:
+        i = _id_for(p, style)
+        if i in seen:
+            raise DatasetError(f"image id {i!r} is shared by {seen[i]!r} and {p!r} (choose another id_style)")
+        seen[i] = p
+    return sorted(seen.items())
+
+
+def scan_folder(root: str | os.PathLike, style: str = "path") -> list[tuple[str, str]]:
+    """Every image file under `root` (recursive; extension in any letter case), as (image_id, relpath)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"image folder {root} does not exist")
+    rel = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for f in sorted(filenames):
+            if is_image_file(f) and not f.startswith("."):
+                rel.append(os.path.relpath(os.path.join(dirpath, f), root))
+    return assign_ids(rel, style)
+
+
+def read_image_list(list_file: str | os.PathLike, style: str = "path") -> list[tuple[str, str]]:
+    """A list file: `path` or `image_id<TAB>path` per line, paths relative to the dataset root."""
+    explicit, plain = [], []
+    for line in Path(list_file).read_text(encoding="utf-8").splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        if "\t" in line:
+            explicit.append(tuple(line.split("\t", 1)))
+        else:
+            plain.append(line.strip())
+    pairs = assign_ids(plain, style) if plain else []
+    seen = {i: p for i, p in pairs}
+    for i, p in explicit:
+        if i in seen:
+            raise DatasetError(f"image id {i!r} is shared by {seen[i]!r} and {p!r}")
+        seen[i] = p
+    return sorted(seen.items())
+
+
+def install_sample(dest: str | os.PathLike) -> list[str]:
+    """Copy the scikit-image photos into `dest` (the sample dataset's root)."""
+    import skimage
+
+    src = Path(skimage.__file__).parent / "data"
+    dest = Path(dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in SAMPLE_PHOTOS:
+        shutil.copyfile(src / name, dest / name)
+    return list(SAMPLE_PHOTOS)
+
+
+def build_manifest(root: str | os.PathLike, pairs: list[tuple[str, str]], apply_exif: bool = True):
+    """DataFrame image_id, path, bytes, width, height (from headers; -1 where the header is unreadable)."""
+    import pandas as pd
+
+    rows = []
+    for image_id, rel in pairs:
+        p = Path(root) / rel
+        try:
+            size = p.stat().st_size
+        except OSError:
+            size = -1
+        try:
+            w, h = header_size(p, apply_exif)
+        except Exception:  # unreadable header: extraction records the reason
+            w = h = -1
+        rows.append((image_id, rel, size, w, h))
+    df = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    return df.astype({"bytes": "int64", "width": "int32", "height": "int32"})
+
+
+def shard_ranges(n: int, shards: int) -> list[tuple[int, int]]:
+    """Balanced contiguous split of n sorted ids into `shards` parts (some empty when n < shards)."""
+    bounds = np.linspace(0, n, shards + 1).round().astype(int)
+    return [(int(bounds[i]), int(bounds[i + 1])) for i in range(shards)]
+
+
+def write_shard(manifest, shards: int, index: int, out_path: str | os.PathLike) -> int:
+    """Shard `index` of `shards` = that contiguous block of the manifest sorted by image_id (deterministic, stable).
+    Lines are `image_id<TAB>path`, paths relative to the dataset root."""
+    if not 0 <= index < shards:
+        raise DatasetError(f"shard index {index} out of range for {shards} shards")
+    df = manifest.sort_values("image_id", kind="stable")
+    a, b = shard_ranges(len(df), shards)[index]
+    part = df.iloc[a:b]
+    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(str(out_path) + ".tmp")
+    tmp.write_text("".join(f"{i}\t{p}\n" for i, p in zip(part["image_id"], part["path"])), encoding="utf-8")
+    os.replace(tmp, out_path)
+    return len(part)

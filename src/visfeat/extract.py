@@ -1,0 +1,360 @@
+"""Run one extractor over a list of images into one store, resumably.
+
+DataLoader workers decode and preprocess while the model runs. Each finished batch is flushed as its own small
+file under `{out}.parts/` (written to a temporary name, then renamed), so a job killed at any instant loses at most
+the batch in flight; rerunning with the same arguments skips the flushed items. Batches are fixed runs of
+`batch_size` consecutive items, so a resumed run computes exactly the batches an uninterrupted one would and
+produces the same file. When all items are done the store is assembled under a temporary name and renamed to
+`out`: the finished file appears atomically, and a finished `out` is never touched again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import __version__
+from .extractors.base import Extractor, FieldSpec
+from .images import ImageError, load_image
+from .store import StoreWriter, atomic_path
+
+# Test-only throttle: seconds to sleep after each flushed batch, so a test can land a kill mid-shard.
+THROTTLE_ENV = "VISFEAT_TEST_BATCH_DELAY"
+
+
+@dataclass(frozen=True)
+class Item:
+    image_id: str
+    path: str  # as stored in `image_path`: relative to the dataset root
+    abspath: str
+
+
+def default_image_id(relpath: str) -> str:
+    return os.path.splitext(relpath.replace(os.sep, "/"))[0]
+
+
+def read_list(list_file: str | os.PathLike, root: str | os.PathLike | None = None) -> list[Item]:
+    """Lines `path` or `image_id<TAB>path`; relative paths resolve against `root` (default: the list's folder)."""
+    base = Path(root) if root is not None else Path(list_file).parent
+    items, seen = [], {}
+    for n, line in enumerate(Path(list_file).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        if "\t" in line:
+            image_id, path = line.split("\t", 1)
+        else:
+            path = line.strip()
+            image_id = default_image_id(path)
+        if image_id in seen:
+            raise ValueError(f"{list_file}:{n}: image id {image_id!r} repeats line {seen[image_id]}")
+        seen[image_id] = n
+        abspath = path if os.path.isabs(path) else str(base / path)
+        items.append(Item(image_id, path, abspath))
+    return items
+
+
+def folder_items(folder: str | os.PathLike) -> list[Item]:
+    from .datasets import scan_folder
+
+    return [Item(i, p, str(Path(folder) / p)) for i, p in scan_folder(folder)]
+
+
+class _Images:
+    """Map-style dataset for DataLoader workers: decode + preprocess, or the reason it failed."""
+
+    def __init__(self, items: list[Item], preprocess: Callable, exif: bool, max_pixels: int):
+        self.items, self.preprocess, self.exif, self.max_pixels = items, preprocess, exif, max_pixels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        try:
+            img = load_image(self.items[i].abspath, apply_exif=self.exif, max_pixels=self.max_pixels)
+            hw = (img.height, img.width)
+            return i, self.preprocess(img), hw, None
+        except ImageError as e:
+            return i, None, None, str(e)
+        except Exception as e:  # a preprocessing bug on one odd image is that image's failure
+            return i, None, None, f"preprocess failed: {type(e).__name__}: {e}"
+
+
+class _Collate:
+    def __init__(self, collate: Callable):
+        self.collate = collate
+
+    def __call__(self, samples):
+        ok = [(i, s, hw) for i, s, hw, err in samples if err is None]
+        return {
+            "n_items": len(samples),
+            "ok": [i for i, _, _ in ok],
+            "hw": [hw for _, _, hw in ok],
+            "batch": self.collate([s for _, s, _ in ok]) if ok else None,
+            "failed": [(i, err) for i, _, _, err in samples if err is not None],
+        }
+
+
+def _slice(batch: Any, a: int, b: int) -> Any:
+    if isinstance(batch, dict):
+        return {k: _slice(v, a, b) for k, v in batch.items()}
+    return batch[a:b]
+
+
+class _Forward:
+    """Batched forward that halves its sub-batch on CUDA out-of-memory and goes on with the smaller size."""
+
+    def __init__(self, extractor: Extractor, cap: int):
+        self.extractor, self.cap = extractor, cap
+
+    def __call__(self, batch: Any, n: int) -> list[dict[str, np.ndarray]]:
+        import torch
+
+        out: list[dict[str, np.ndarray]] = []
+        a = 0
+        while a < n:
+            b = min(n, a + self.cap)
+            try:
+                out.extend(self.extractor.forward(_slice(batch, a, b)))
+                a = b
+            except torch.cuda.OutOfMemoryError:
+                if self.cap == 1:
+                    raise
+                torch.cuda.empty_cache()
+                self.cap = max(1, self.cap // 2)
+                print(f"[visfeat] CUDA out of memory: batch size halved to {self.cap}", file=sys.stderr, flush=True)
+        return out
+
+
+def _signature(extractor: Extractor, items: list[Item], extra: dict[str, Any]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"preset": extractor.preset, "config": extractor.config, "sha": extractor.weights_sha256,
+                         "fields": [asdict(f) for f in extractor.fields()], **extra}, sort_keys=True).encode())
+    for it in items:
+        h.update(f"{it.image_id}\t{it.path}\n".encode())
+    return h.hexdigest()
+
+
+class _Parts:
+    """The resume state of one output: `{out}.parts/` with meta.json and one npz per flushed batch."""
+
+    def __init__(self, out: Path, signature: str):
+        self.dir = out.with_name(out.name + ".parts")
+        self.signature = signature
+        meta = self.dir / "meta.json"
+        if self.dir.exists():
+            try:
+                ok = json.loads(meta.read_text())["signature"] == signature
+            except (OSError, ValueError, KeyError):
+                ok = False
+            if not ok:
+                print(f"[visfeat] discarding {self.dir}: it was made with other inputs or options", file=sys.stderr)
+                shutil.rmtree(self.dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if not meta.exists():
+            self._atomic_write(meta, json.dumps({"signature": signature}).encode())
+        for stale in self.dir.glob(".tmp-*"):
+            stale.unlink(missing_ok=True)
+
+    @staticmethod
+    def _atomic_write(path: Path, data: bytes) -> None:
+        tmp = path.with_name(f".tmp-{path.name}")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def batches(self) -> list[Path]:
+        files = sorted(self.dir.glob("b*.npz"))
+        # only a contiguous run b0000000.. counts; anything after a gap is redone
+        good = []
+        for k, f in enumerate(files):
+            if f.name != f"b{k:07d}.npz":
+                break
+            good.append(f)
+        return good
+
+    def done_items(self) -> int:
+        total = 0
+        for f in self.batches():
+            with np.load(f) as z:
+                total += int(z["n_items"])
+        return total
+
+    def write(self, k: int, arrays: dict[str, np.ndarray]) -> None:
+        import io
+
+        buf = io.BytesIO()
+        np.savez(buf, **arrays)
+        self._atomic_write(self.dir / f"b{k:07d}.npz", buf.getvalue())
+
+    def remove(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _pack(specs: list[FieldSpec], items: list[Item], b: dict, outs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    ok = b["ok"]
+    arrays: dict[str, np.ndarray] = {
+        "n_items": np.asarray(b["n_items"]),
+        "image_id": np.asarray([items[i].image_id for i in ok], dtype=str),
+        "image_path": np.asarray([items[i].path for i in ok], dtype=str),
+        "image_hw": np.asarray(b["hw"], np.int32).reshape(-1, 2),
+        "failed_id": np.asarray([items[i].image_id for i, _ in b["failed"]], dtype=str),
+        "failed_reason": np.asarray([r for _, r in b["failed"]], dtype=str),
+    }
+    for s in specs:
+        if s.ragged:
+            arrays[f"field/{s.name}"] = (np.concatenate([o[s.name] for o in outs]) if outs
+                                         else np.zeros((0, *s.shape), s.dtype))
+            arrays[f"count/{s.ragged}"] = np.asarray([len(o[s.name]) for o in outs], np.int64)
+        else:
+            arrays[f"field/{s.name}"] = (np.stack([o[s.name] for o in outs]) if outs
+                                         else np.zeros((0, *s.shape), s.dtype))
+    return arrays
+
+
+def expected_bytes(specs: list[FieldSpec], n_images: int, storage_dtype: str, rows_per_image: int = 100) -> int:
+    per = 0
+    for s in specs:
+        itemsize = 2 if (storage_dtype == "float16" and np.dtype(s.dtype).kind == "f") else np.dtype(s.dtype).itemsize
+        per += int(np.prod(s.shape, dtype=np.int64)) * itemsize * (rows_per_image if s.ragged else 1)
+    return per * n_images
+
+
+class _Progress:
+    """tqdm on a terminal; plain lines (every 10 s and at the end) in logs."""
+
+    def __init__(self, total: int, initial: int, desc: str):
+        self.total, self.n, self.t0, self.start = total, initial, time.time(), initial
+        self.last = 0.0
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc=desc, unit="img")
+        self.desc = desc
+
+    def update(self, k: int) -> None:
+        self.n += k
+        if self.bar is not None:
+            self.bar.update(k)
+        elif time.time() - self.last >= 10 or self.n == self.total:
+            self.last = time.time()
+            rate = (self.n - self.start) / max(1e-9, time.time() - self.t0)
+            print(f"[{self.desc}] {self.n}/{self.total} images ({100 * self.n / max(1, self.total):.1f}%) "
+                  f"{rate:.2f} img/s", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_extraction(
+    extractor: Extractor,
+    items: list[Item],
+    out: str | os.PathLike,
+    batch_size: int = 8,
+    workers: int = 2,
+    name: str | None = None,
+    storage_dtype: str = "float32",
+    compression: str | None = None,
+    extra_attrs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Extract `items` into the store `out`; resumes from `{out}.parts/`; returns counts and timing."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    out = Path(out)
+    if out.exists():
+        print(f"[visfeat] {out} exists: nothing to do", file=sys.stderr)
+        return {"images": None, "skipped": True}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    specs = extractor.fields()
+    opts = extractor.config
+    sig = _signature(extractor, items, {"storage_dtype": storage_dtype, "name": name or extractor.preset})
+    parts = _Parts(out, sig)
+    flushed = parts.batches()
+    start = parts.done_items()
+    n = len(items)
+
+    need = expected_bytes(specs, n, storage_dtype)
+    free = shutil.disk_usage(out.parent).free
+    print(f"[visfeat] {extractor.preset}: {n} images -> {out} (expected size ~{need / 1e6:.1f} MB, "
+          f"free disk {free / 1e9:.1f} GB); fields: {extractor.describe()}", file=sys.stderr, flush=True)
+    if 2 * need > free:
+        raise OSError(f"not enough free disk for {out}: expected ~{need / 1e9:.2f} GB (x2 while assembling), "
+                      f"{free / 1e9:.2f} GB free")
+    if start:
+        print(f"[visfeat] resuming after {start} images ({len(flushed)} flushed batches)", file=sys.stderr)
+
+    delay = float(os.environ.get(THROTTLE_ENV, "0") or 0)
+    ds = _Images(items, extractor.preprocess, bool(opts.get("exif", True)), int(opts.get("max_pixels")))
+    batches = [list(range(a, min(n, a + batch_size))) for a in range(start, n, batch_size)]
+    cuda = getattr(extractor.device, "type", str(extractor.device)) == "cuda"
+    loader = DataLoader(ds, batch_sampler=batches, num_workers=workers, collate_fn=_Collate(extractor.collate),
+                        pin_memory=cuda, prefetch_factor=4 if workers else None)
+    fwd = _Forward(extractor, batch_size)
+    progress = _Progress(n, start, name or extractor.preset)
+    t0 = time.time()
+    k = len(flushed)
+    for b in loader:
+        outs = fwd(b["batch"], len(b["ok"])) if b["ok"] else []
+        parts.write(k, _pack(specs, items, b, outs))
+        k += 1
+        progress.update(b["n_items"])
+        if delay:
+            time.sleep(delay)
+    progress.close()
+    elapsed = time.time() - t0
+
+    attrs = {
+        "preset": extractor.preset,
+        "extractor": name or extractor.preset,
+        "config": json.dumps(opts, sort_keys=True),
+        "weights_sha256": extractor.weights_sha256 or "",
+        "visfeat_version": __version__,
+        "compression": compression or "none",
+        **(extra_attrs or {}),
+    }
+    n_ok, n_failed = _assemble(parts, specs, out, attrs, storage_dtype, compression)
+    parts.remove()
+    done = n - start
+    print(f"[visfeat] done: {n_ok} images, {n_failed} failed, {done} processed now in {elapsed:.1f} s "
+          f"({done / max(elapsed, 1e-9):.2f} img/s)", file=sys.stderr, flush=True)
+    return {"images": n_ok, "failed": n_failed, "seconds": elapsed, "processed": done}
+
+
+def _assemble(parts: _Parts, specs: list[FieldSpec], out: Path, attrs: dict, storage_dtype: str,
+              compression: str | None) -> tuple[int, int]:
+    tmp = atomic_path(out)
+    w = StoreWriter(tmp, specs, attrs, storage_dtype=storage_dtype, compression=compression)
+    n_ok = n_failed = 0
+    try:
+        failed_ids: list[str] = []
+        failed_reasons: list[str] = []
+        for f in parts.batches():
+            with np.load(f) as z:
+                ids = [str(x) for x in z["image_id"]]
+                fields = {s.name: z[f"field/{s.name}"] for s in specs}
+                counts = {s.ragged: z[f"count/{s.ragged}"] for s in specs if s.ragged}
+                w.append(ids, [str(x) for x in z["image_path"]], z["image_hw"], fields, counts)
+                failed_ids += [str(x) for x in z["failed_id"]]
+                failed_reasons += [str(x) for x in z["failed_reason"]]
+                n_ok += len(ids)
+        w.add_failures(failed_ids, failed_reasons)
+        n_failed = len(failed_ids)
+        w.close()
+        os.replace(tmp, out)
+    except BaseException:
+        w.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    return n_ok, n_failed

@@ -1,0 +1,51 @@
+"""The one interface every extractor implements; nothing else in the pipeline knows which model it runs.
+
+Contract:
+- `preprocess(image)` runs in DataLoader workers on the CPU: 8-bit RGB PIL image in, a dict of tensors out.
+  It must be picklable and must not touch the GPU.
+- `collate(samples)` turns a list of those dicts into one batch (default: stack each key).
+- `forward(batch)` runs the model on `self.device` and returns one dict of numpy arrays per image, with exactly
+  the fields of `fields()` (float32 unless the spec says otherwise).
+- `fields()` declares the output: name, per-image shape and dtype; `ragged` names a group whose row count varies
+  per image (regions), stored as rows + `{group}_offsets` in the feature store.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    shape: tuple[int, ...]  # per image; for a ragged field, per row
+    dtype: str = "float32"
+    ragged: str | None = None
+
+
+class Extractor(ABC):
+    preset: str
+    config: dict[str, Any]  # the full resolved options, stored in the file's attributes
+    weights_sha256: str | None = None
+    device: Any = "cpu"
+    amp: bool = False
+
+    @abstractmethod
+    def fields(self) -> list[FieldSpec]: ...
+
+    @abstractmethod
+    def preprocess(self, image) -> dict[str, Any]: ...
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        import torch
+
+        return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+
+    @abstractmethod
+    def forward(self, batch: dict[str, Any]) -> list[dict[str, np.ndarray]]: ...
+
+    def describe(self) -> str:
+        return ", ".join(f"{f.name} {f.shape} {f.dtype}" for f in self.fields())

