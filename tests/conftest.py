@@ -1,0 +1,63 @@
+"""Shared fixtures. Models are tiny and random, built once per session; photos come from scikit-image."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory) -> Path:
+    from visfeat.datasets import install_sample
+
+    d = tmp_path_factory.mktemp("sample")
+    install_sample(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def bad_dir(tmp_path_factory):
+    from image_cases import write_cases
+
+    d = tmp_path_factory.mktemp("cases")
+    return d, write_cases(d)
+
+
+@pytest.fixture(scope="session")
+def tiny_clip(tmp_path_factory):
+    """kind -> (torchscript path, state-dict path) of a tiny random CLIP in the official layout."""
+    from tiny_models import save_state_dict, save_torchscript, tiny_clip_state_dict
+
+    d = tmp_path_factory.mktemp("clip")
+    out = {}
+    for kind in ("rn", "vit32", "vit16"):
+        sd = tiny_clip_state_dict(kind)
+        out[kind] = (save_torchscript(sd, d / f"{kind}.pt"), save_state_dict(sd, d / f"{kind}_sd.pt"))
+    return out
+
+
+def copy_workflow(dest: Path) -> Path:
+    """The workflow files into a temp dir, so a test runs real snakemake there like a user's checkout."""
+    for name in ("Snakefile", "workflow", "envs", "profiles", "src", "config"):
+        src = REPO / name
+        if src.is_dir():
+            shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy2(src, dest / name)
+    return dest
+
+
+def snakemake(cwd: Path, *args: str, env: dict | None = None, check: bool = True, timeout: int = 900):
+    exe = Path(sys.executable).with_name("snakemake")
+    e = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})}
+    p = subprocess.run([str(exe), *args], cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
+    if check and p.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-6000:]}")
+    return p

@@ -1,0 +1,35 @@
+import pytest
+
+from visfeat.config import ConfigError, validate_config
+from conftest import REPO
+
+SCHEMA = str(REPO / "workflow/schemas/config.schema.yaml")
+
+
+def _cfg(**over):
+    c = {"datasets": {"s": {"source": "sample"}}, "extractors": {"effnet-lite0": {}},
+         "features": [{"datasets": ["s"], "extractors": ["effnet-lite0"]}]}
+    c.update(over)
+    return c
+
+
+def test_defaults_filled():
+    c = validate_config(_cfg(), SCHEMA)
+    assert c["datasets"]["s"]["shards"] == 1 and c["datasets"]["s"]["id_style"] == "path"
+    assert c["extractors"]["effnet-lite0"]["batch_size"] == 8 and c["extractors"]["effnet-lite0"]["preset"] == "effnet-lite0"
+    assert c["results"] == "results" and c["kmeans"] == {}
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"datasets": {"s": {"source": "sample", "shard": 2}}}, "config: datasets.s.shard: unknown key"),
+    ({"datasets": {"s": {"source": "sample", "shards": "two"}}}, "config: datasets.s.shards: 'two' is not of type 'integer'"),
+    ({"extractors": {"x": {"preset": "clip-rn5"}}, "features": []}, "config: extractors.x.preset: unknown preset 'clip-rn5'"),
+    ({"extractors": {"clip-rn50": {"image_sise": 3}}, "features": []}, "config: extractors.clip-rn50.image_sise: unknown key"),
+    ({"datasets": {"s": {"source": "folder", "path": "/no/such/folder"}}}, "config: datasets.s.path: folder /no/such/folder does not exist"),
+    ({"features": [{"datasets": ["nope"], "extractors": ["effnet-lite0"]}]}, "config: features.0.datasets: 'nope' is not defined"),
+    ({"bogus": 1}, "config: bogus: unknown key"),
+])
+def test_bad_config_one_clear_line(over, message):
+    with pytest.raises(ConfigError) as e:
+        validate_config(_cfg(**over), SCHEMA)
+    assert str(e.value).startswith(message) and "\n" not in str(e.value)

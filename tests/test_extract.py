@@ -1,0 +1,123 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import visfeat
+from visfeat.extract import THROTTLE_ENV, _Forward, folder_items, read_list, run_extraction
+from visfeat.extractors.base import Extractor, FieldSpec
+
+
+def stores_identical(a, b) -> None:
+    """Same datasets and attributes, the creation time aside."""
+    with h5py.File(a) as fa, h5py.File(b) as fb:
+        attrs_a = {k: v for k, v in fa.attrs.items() if k != "created"}
+        attrs_b = {k: v for k, v in fb.attrs.items() if k != "created"}
+        assert attrs_a == attrs_b
+        names_a, names_b = [], []
+        fa.visit(names_a.append)
+        fb.visit(names_b.append)
+        assert names_a == names_b
+        for n in names_a:
+            if isinstance(fa[n], h5py.Dataset):
+                assert fa[n].dtype == fb[n].dtype and fa[n].shape == fb[n].shape, n
+                assert np.array_equal(fa[n][()], fb[n][()]), n
+
+
+def test_effnet_pipeline_equals_direct_model_and_classifies(sample_dir, bad_dir, tmp_path):
+    bad, cases = bad_dir
+    items = folder_items(sample_dir) + folder_items(bad)
+    ex = visfeat.load_extractor("effnet-lite0", device="cpu")
+    res = run_extraction(ex, items, tmp_path / "e.h5", batch_size=4, workers=2)
+    s = visfeat.open(tmp_path / "e.h5")
+    failed = dict(s.failed)
+    assert set(failed) == {k for k, v in cases.items() if v}
+    for k, reason in failed.items():
+        assert reason.startswith(cases[k])
+    assert res["images"] == len(s) == len(items) - len(failed)
+    # direct: the same images one at a time through the model
+    from visfeat.images import load_image
+
+    for it in items[:3]:
+        x = ex.preprocess(load_image(it.abspath))["image"][None]
+        with torch.no_grad():
+            grid = ex.model.forward_features(x)
+            logits = ex.model(x)
+        np.testing.assert_allclose(s[it.image_id]["grid"], grid[0].permute(1, 2, 0).numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(s[it.image_id]["logits"], logits[0].numpy(), rtol=1e-4, atol=1e-3)
+    # the stored global feature classifies the photos (DESIGN.md 'The offline default')
+    cls = ex.model.classifier
+    top1 = {i: int(cls(torch.from_numpy(s[i]["global"])).argmax()) for i in ("chelsea", "coffee", "rocket")}
+    assert top1 == {"chelsea": 285, "coffee": 967, "rocket": 657}
+    assert tuple(s["rotated"]["image_hw"]) == (96, 64)  # EXIF applied: (h, w) of the image as seen
+
+
+def test_kill_and_resume_gives_identical_file(sample_dir, tmp_path):
+    lst = tmp_path / "list.txt"
+    lst.write_text("".join(f"{i.image_id}\t{i.path}\n" for i in folder_items(sample_dir)))
+    args = [sys.executable, "-m", "visfeat", "extract", "--preset", "effnet-lite0", "--list", str(lst),
+            "--root", str(sample_dir), "--batch-size", "2", "--workers", "1", "--device", "cpu"]
+    subprocess.run(args + ["--out", str(tmp_path / "full.h5")], check=True, capture_output=True)
+    out = tmp_path / "resumed.h5"
+    env = {**os.environ, THROTTLE_ENV: "1.0"}
+    p = subprocess.Popen(args + ["--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    parts = tmp_path / "resumed.h5.parts"
+    deadline = time.time() + 120
+    while len(list(parts.glob("b*.npz"))) < 2 and time.time() < deadline:
+        time.sleep(0.1)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    flushed = len(list(parts.glob("b*.npz")))
+    assert 2 <= flushed < 4 and not out.exists()
+    r = subprocess.run(args + ["--out", str(out)], check=True, capture_output=True, text=True)
+    assert f"resuming after {2 * flushed} images" in r.stderr
+    stores_identical(tmp_path / "full.h5", out)
+    assert not parts.exists()
+    r = subprocess.run(args + ["--out", str(out)], check=True, capture_output=True, text=True)
+    assert "nothing to do" in r.stderr
+
+
+class _OOMOnce(Extractor):
+    """Runs on the CPU but raises CUDA's OOM error for batches above a size, as a GPU would."""
+
+    preset, config, device = "t", {}, "cpu"
+
+    def __init__(self, limit):
+        self.limit, self.calls = limit, []
+
+    def fields(self):
+        return [FieldSpec("x", (1,))]
+
+    def preprocess(self, image):
+        return {}
+
+    def forward(self, batch):
+        n = len(batch["v"])
+        self.calls.append(n)
+        if n > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return [{"x": v[None].numpy()} for v in batch["v"]]
+
+
+def test_oom_halves_batch_and_goes_on():
+    ex = _OOMOnce(limit=3)
+    fwd = _Forward(ex, cap=8)
+    out = fwd({"v": torch.arange(8.0)}, 8)
+    assert [o["x"][0] for o in out] == list(range(8)) and fwd.cap == 2
+    assert ex.calls == [8, 4, 2, 2, 2, 2]
+
+
+def test_read_list_forms(tmp_path):
+    (tmp_path / "l.txt").write_text("a/b.jpg\nid2\tc.png\n")
+    items = read_list(tmp_path / "l.txt")
+    assert [(i.image_id, i.path) for i in items] == [("a/b", "a/b.jpg"), ("id2", "c.png")]
+    assert items[0].abspath == str(tmp_path / "a/b.jpg")
+    (tmp_path / "dup.txt").write_text("x\ta.jpg\nx\tb.jpg\n")
+    with pytest.raises(ValueError, match="repeats line 1"):
+        read_list(tmp_path / "dup.txt")

@@ -1,0 +1,71 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import visfeat
+from visfeat.extractors.base import FieldSpec
+from visfeat.store import StoreError, StoreWriter, merge
+
+SPECS = [FieldSpec("global", (4,)), FieldSpec("boxes", (4,), ragged="regions"), FieldSpec("obj_id", (), "int64", "regions")]
+
+
+def _write(path, ids, seed=0, failed=(), attrs=None, nan=False):
+    rng = np.random.default_rng(seed)
+    counts = np.array([len(i) for i in ids])  # ragged row count = id length, so it varies
+    w = StoreWriter(path, SPECS, {"preset": "t", "extractor": "t", "config": "{}", "weights_sha256": "", **(attrs or {})})
+    g = rng.normal(size=(len(ids), 4)).astype(np.float32)
+    if nan:
+        g[-1, 0] = np.nan
+    w.append(list(ids), [f"{i}.jpg" for i in ids], np.tile([[10, 20]], (len(ids), 1)),
+             {"global": g, "boxes": rng.normal(size=(counts.sum(), 4)).astype(np.float32),
+              "obj_id": np.arange(counts.sum())}, {"regions": counts})
+    w.add_failures([f for f, _ in failed], [r for _, r in failed])
+    w.close()
+    return g
+
+
+def test_roundtrip_fixed_and_ragged(tmp_path):
+    g = _write(tmp_path / "a.h5", ["a", "bb", "ccc"], failed=[("bad", "undecodable: x")])
+    s = visfeat.open(tmp_path / "a.h5")
+    assert list(s) == ["a", "bb", "ccc"] and len(s) == 3 and "bb" in s
+    assert np.array_equal(s["bb"]["global"], g[1])
+    assert s["ccc"]["boxes"].shape == (3, 4) and list(s["ccc"]["obj_id"]) == [3, 4, 5]
+    assert s.row(-1)["obj_id"].tolist() == [3, 4, 5]
+    assert s.failed == [("bad", "undecodable: x")]
+    with pytest.raises(KeyError):
+        s["zzz"]
+
+
+def test_merge_validates(tmp_path):
+    _write(tmp_path / "0.h5", ["a", "bb"], 0, failed=[("x", "empty file")])
+    _write(tmp_path / "1.h5", ["ccc"], 1)
+    res = merge([tmp_path / "0.h5", tmp_path / "1.h5"], tmp_path / "m.h5", expected_ids=["a", "bb", "ccc", "x"])
+    assert res == {"images": 3, "failed": 1}
+    m = visfeat.open(tmp_path / "m.h5")
+    assert list(m) == ["a", "bb", "ccc"] and m["ccc"]["obj_id"].tolist() == [0, 1, 2]
+    assert visfeat.open(tmp_path / "1.h5")["ccc"]["boxes"].tolist() == m["ccc"]["boxes"].tolist()
+
+    with pytest.raises(StoreError, match="missing"):
+        merge([tmp_path / "0.h5"], tmp_path / "m2.h5", expected_ids=["a", "bb", "x", "ccc"])
+    with pytest.raises(StoreError, match="more than once"):
+        merge([tmp_path / "0.h5", tmp_path / "0.h5"], tmp_path / "m3.h5")
+    _write(tmp_path / "nan.h5", ["q"], nan=True)
+    with pytest.raises(StoreError, match="non-finite.*'q'"):
+        merge([tmp_path / "nan.h5"], tmp_path / "m4.h5")
+    _write(tmp_path / "other.h5", ["r"], attrs={"config": json.dumps({"x": 1})})
+    with pytest.raises(StoreError, match="config"):
+        merge([tmp_path / "1.h5", tmp_path / "other.h5"], tmp_path / "m5.h5")
+    assert not any(p.name.startswith(".m") for p in tmp_path.iterdir())  # no temporary left behind
+    assert not (tmp_path / "m2.h5").exists()
+
+
+def test_torch_dataset_with_workers(tmp_path):
+    _write(tmp_path / "a.h5", [f"id{i}" for i in range(20)])
+    ds = visfeat.dataset(str(tmp_path / "a.h5"), fields=["global"])
+    assert torch.equal(ds["id3"]["global"], ds[3]["global"])
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2)
+    rows = torch.cat([b["global"] for b in loader])
+    assert rows.shape == (20, 4)
+    assert torch.equal(rows[7], torch.from_numpy(visfeat.open(tmp_path / "a.h5")["id7"]["global"]))

@@ -1,0 +1,71 @@
+"""Tiny random-init models saved in the official checkpoint layouts, built with the original model code.
+
+CLIP: openai/CLIP's own clip/model.py (from the PyPI package openai-clip, loaded by file path because its
+package __init__ needs pkg_resources), weights converted to fp16 like the official files, saved either as a
+TorchScript archive (the official format) or as a plain state dict.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+from pathlib import Path
+
+import torch
+
+
+def original_clip_module():
+    path = importlib.metadata.distribution("openai-clip").locate_file("clip/model.py")
+    spec = importlib.util.spec_from_file_location("openai_clip_model", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# (vision_layers, vision_width, patch) -> tiny but inferable by build_model: text width 64 (1 head), vocab 49408
+TINY = {
+    "rn": ((1, 1, 1, 1), 8, None),
+    "vit32": (1, 64, 32),
+    "vit16": (1, 64, 16),
+}
+
+
+def tiny_clip_state_dict(kind: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    m = original_clip_module()
+    torch.manual_seed(seed)
+    layers, width, patch = TINY[kind]
+    model = m.CLIP(
+        embed_dim=32, image_resolution=224, vision_layers=layers, vision_width=width, vision_patch_size=patch,
+        context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1, transformer_layers=1,
+    )
+    with torch.no_grad():  # random BN statistics so frozen batch norms are not identities
+        for mod in model.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.1, 0.1)
+                mod.running_var.uniform_(0.5, 1.5)
+    m.convert_weights(model)  # official files hold fp16 weights
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+class _Holder(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+
+def save_torchscript(sd: dict[str, torch.Tensor], path: str | Path) -> Path:
+    """A TorchScript archive whose state_dict() has exactly these keys, like the official CLIP .pt files."""
+    root = _Holder()
+    for key, t in sd.items():
+        *mods, leaf = key.split(".")
+        node = root
+        for name in mods:
+            if name not in node._modules:
+                node.add_module(name, _Holder())
+            node = node._modules[name]
+        node.register_buffer(leaf, t.clone())
+    torch.jit.save(torch.jit.script(root), str(path))
+    return Path(path)
+
+
+def save_state_dict(sd: dict[str, torch.Tensor], path: str | Path) -> Path:
+    torch.save(sd, str(path))
+    return Path(path)
