@@ -45,7 +45,7 @@ def place_message(preset: str, wf: WeightFile, dest: Path) -> str:
     )
 
 
-def fetch(preset: str, wf: WeightFile, dest: str | os.PathLike, timeout: float = 60.0) -> Path:
+def fetch(preset: str, wf: WeightFile, dest: str | os.PathLike, timeout: float = 60.0, retries: int = 5) -> Path:
     """Download `wf` to `dest` (resumable, verified). Raises WeightsMissing with placement instructions offline."""
     from .download import DownloadError, download
 
@@ -54,7 +54,7 @@ def fetch(preset: str, wf: WeightFile, dest: str | os.PathLike, timeout: float =
         verify(wf, dest)
         return dest
     try:
-        download(wf.url, dest, sha256=wf.sha256, timeout=timeout)
+        download(wf.url, dest, sha256=wf.sha256, timeout=timeout, retries=retries)
     except DownloadError as e:
         raise WeightsMissing(f"{e}\n{place_message(preset, wf, dest)}") from None
     return dest

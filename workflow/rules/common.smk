@@ -93,8 +93,9 @@ def get_extract_env(wildcards):
 def extract_args(wildcards, input):
     inst = EXTRACTORS[wildcards.extractor]
     args = [f"--preset {shlex.quote(inst['preset'])}", f"--name {shlex.quote(wildcards.extractor)}"]
-    if input.get("weights"):
-        args.append(f"--weights {shlex.quote(input.weights)}")
+    weights = [input.weights] if isinstance(input.weights, str) else list(input.weights)
+    if weights:
+        args.append(f"--weights {shlex.quote(weights[0])}")
     args += [f"--batch-size {inst['batch_size']}", f"--workers {inst['workers']}", f"--dtype {inst['dtype']}",
              f"--compression {inst['compression']}"]
     if inst["amp"]:
