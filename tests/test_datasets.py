@@ -1,8 +1,10 @@
 import pandas as pd
+
+from visfeat.sample import SAMPLE_PHOTOS
 import pytest
 
 from visfeat.datasets import (
-    DatasetError, SAMPLE_PHOTOS, assign_ids, build_manifest, read_image_list, scan_folder, shard_ranges, write_shard,
+    DatasetError, assign_ids, build_manifest, read_image_list, scan_folder, shard_ranges, write_shard,
 )
 
 

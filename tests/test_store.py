@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import visfeat
-from visfeat.extractors.base import FieldSpec
+from visfeat.fields import FieldSpec
 from visfeat.store import StoreError, StoreWriter, merge
 
 SPECS = [FieldSpec("global", (4,)), FieldSpec("boxes", (4,), ragged="regions"), FieldSpec("obj_id", (), "int64", "regions")]

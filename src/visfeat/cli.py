@@ -119,7 +119,7 @@ def cmd_fetch_weights(a) -> int:
 
 
 def cmd_prepare(a) -> int:
-    from .datasets import install_sample
+    from .sample import install_sample
     from .download import download, unpack
 
     if a.source == "sample":

@@ -10,24 +10,11 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from .images import header_size, is_image_file
-
-# scikit-image's bundled photos (skimage/data, no download); natural photos of varied size, mode and aspect.
-SAMPLE_PHOTOS = (
-    "astronaut.png",  # 512x512 RGB
-    "camera.png",  # 512x512 grayscale
-    "chelsea.png",  # 451x300 RGB, a cat
-    "coffee.png",  # 600x400 RGB, an espresso
-    "rocket.jpg",  # 427x640 RGB
-    "motorcycle_left.png",  # 741x497 RGB
-    "hubble_deep_field.jpg",  # 872x1000 RGB
-    "horse.png",  # 400x328 binary silhouette
-)
 
 MANIFEST_COLUMNS = ["image_id", "path", "bytes", "width", "height"]
 
@@ -93,18 +80,6 @@ def read_image_list(list_file: str | os.PathLike, style: str = "path") -> list[t
             raise DatasetError(f"image id {i!r} is shared by {seen[i]!r} and {p!r}")
         seen[i] = p
     return sorted(seen.items())
-
-
-def install_sample(dest: str | os.PathLike) -> list[str]:
-    """Copy the scikit-image photos into `dest` (the sample dataset's root)."""
-    import skimage
-
-    src = Path(skimage.__file__).parent / "data"
-    dest = Path(dest)
-    dest.mkdir(parents=True, exist_ok=True)
-    for name in SAMPLE_PHOTOS:
-        shutil.copyfile(src / name, dest / name)
-    return list(SAMPLE_PHOTOS)
 
 
 def build_manifest(root: str | os.PathLike, pairs: list[tuple[str, str]], apply_exif: bool = True):

@@ -21,7 +21,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .extractors.base import FieldSpec
+from .fields import FieldSpec
 
 FORMAT = "visfeat-features"
 FORMAT_VERSION = 1

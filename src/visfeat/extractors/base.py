@@ -12,18 +12,14 @@ Contract:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
+from ..fields import FieldSpec
 
-@dataclass(frozen=True)
-class FieldSpec:
-    name: str
-    shape: tuple[int, ...]  # per image; for a ragged field, per row
-    dtype: str = "float32"
-    ragged: str | None = None
+__all__ = ["Extractor", "FieldSpec"]
 
 
 class Extractor(ABC):
@@ -40,8 +36,6 @@ class Extractor(ABC):
     def preprocess(self, image) -> dict[str, Any]: ...
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        import torch
-
         return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
 
     @abstractmethod

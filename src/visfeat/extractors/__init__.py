@@ -1,0 +1,1 @@
+"""Extractor presets: the registry (torch-free) and one module per family (imported only when built)."""
