@@ -48,7 +48,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--amp", action="store_true")
+    ap.add_argument("--worker-start", choices=["fork", "forkserver", "spawn"], help="default: visfeat's choice")
+    ap.add_argument("--amp", action="store_true", help="also run with fp16 autocast (CUDA) and compare features")
     a = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="visfeat-bench-"))
@@ -65,38 +66,65 @@ def main() -> None:
             items.append(Item(p.stem, p.name, str(p)))
         preset = FULL[a.model][0]
         weights = make_weights(a.model, tmp / "w.pt")
-        ex = visfeat.load_extractor(preset, weights=str(weights), device=a.device, amp=a.amp)
+        ex = visfeat.load_extractor(preset, weights=str(weights), device=a.device)
 
         # 1. decode + preprocess, one process (= one worker)
         t = time.perf_counter()
         tensors = [ex.preprocess(load_image(it.abspath)) for it in items]
         dec = len(items) / (time.perf_counter() - t)
-
-        # 2. forward alone on pre-decoded tensors (one warm-up batch first)
         batches = [ex.collate(tensors[i:i + a.batch_size]) for i in range(0, len(tensors), a.batch_size)]
-        ex.forward(batches[0])
-        if a.device == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        for b in batches:
-            ex.forward(b)
-        if a.device == "cuda":
-            torch.cuda.synchronize()
-        fwd = len(items) / (time.perf_counter() - t)
 
-        # 3. end to end: DataLoader workers decoding while the model runs, flushed batches, final store
-        t = time.perf_counter()
-        run_extraction(ex, items, tmp / "out.h5", batch_size=a.batch_size, workers=a.workers)
-        e2e = len(items) / (time.perf_counter() - t)
+        rows = []
+        ref = None
+        for amp in ([False, True] if a.amp else [False]):
+            ex.amp = amp and a.device == "cuda"
+            # 2. forward alone on pre-decoded tensors (one warm-up batch first)
+            ex.forward(batches[0])
+            sync(a.device)
+            t = time.perf_counter()
+            outs = [o for b in batches for o in ex.forward(b)]
+            sync(a.device)
+            fwd = len(items) / (time.perf_counter() - t)
+            # 3. end to end: DataLoader workers decoding while the model runs, flushed batches, final store
+            t = time.perf_counter()
+            res = run_extraction(ex, items, tmp / f"out{int(amp)}.h5", batch_size=a.batch_size, workers=a.workers,
+                                 worker_start=a.worker_start)
+            e2e = len(items) / (time.perf_counter() - t)
+            if ref is None:
+                ref = outs
+                cos = None
+            else:
+                cos = {f: min(cosine(o[f], r[f]) for o, r in zip(outs, ref)) for f in ("global", "grid")}
+            rows.append((amp, fwd, e2e, cos, res["timing"]))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
     print(f"CLIP pipeline benchmark: {preset} (full-size, random weights), {a.images} images, batch {a.batch_size}, "
-          f"{a.workers} workers, device {a.device}{' amp' if a.amp else ''}, torch threads {torch.get_num_threads()}")
-    print(f"  decode+preprocess, per worker : {dec:8.1f} img/s")
-    print(f"  model forward alone            : {fwd:8.1f} img/s")
-    print(f"  end to end (visfeat extract)   : {e2e:8.1f} img/s")
-    print(f"  end-to-end / forward-alone     : {e2e / fwd:8.2f}")
+          f"{a.workers} workers, device {a.device}, torch threads {torch.get_num_threads()}")
+    print(f"  decode+preprocess, per worker   : {dec:8.1f} img/s")
+    for amp, fwd, e2e, cos, timing in rows:
+        tag = "amp " if amp else "fp32"
+        print(f"  [{tag}] model forward alone      : {fwd:8.1f} img/s")
+        print(f"  [{tag}] end to end (extract)     : {e2e:8.1f} img/s")
+        print(f"  [{tag}] end-to-end / forward     : {e2e / fwd:8.2f}")
+        steady = (a.images - a.batch_size) / max(1e-9, a.images / e2e - timing["first_batch"])
+        print(f"  [{tag}] after the first batch    : {steady:8.1f} img/s (first batch after {timing['first_batch']:.2f} s)")
+        print(f"  [{tag}] extract seconds by stage : " + ", ".join(f"{k} {v:.2f}" for k, v in timing.items()))
+        if cos:
+            print(f"  [{tag}] min cosine vs fp32       : global {cos['global']:.5f}, grid cell {cos['grid']:.5f}")
+
+
+def sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def cosine(a, b) -> float:
+    """Smallest cosine over the rows of the last axis (per grid cell for grids)."""
+    import numpy as np
+
+    a, b = a.reshape(-1, a.shape[-1]).astype(np.float64), b.reshape(-1, b.shape[-1]).astype(np.float64)
+    return float((np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))).min())
 
 
 if __name__ == "__main__":

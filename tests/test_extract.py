@@ -94,8 +94,8 @@ class _OOMOnce(Extractor):
     def fields(self):
         return [FieldSpec("x", (1,))]
 
-    def preprocess(self, image):
-        return {}
+    def preprocessor(self):
+        return dict
 
     def forward(self, batch):
         n = len(batch["v"])

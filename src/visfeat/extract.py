@@ -15,6 +15,7 @@ import os
 import shutil
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -102,6 +103,22 @@ class _Collate:
         }
 
 
+def _identity(x):
+    return x
+
+
+def _group(samples, batch_size: int, collate: "_Collate"):
+    """Consecutive samples -> collated batches of `batch_size` (the last one shorter)."""
+    buf = []
+    for s in samples:
+        buf.append(s)
+        if len(buf) == batch_size:
+            yield collate(buf)
+            buf = []
+    if buf:
+        yield collate(buf)
+
+
 def _slice(batch: Any, a: int, b: int) -> Any:
     if isinstance(batch, dict):
         return {k: _slice(v, a, b) for k, v in batch.items()}
@@ -168,8 +185,6 @@ class _Parts:
         tmp = path.with_name(f".tmp-{path.name}")
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, path)
 
     def batches(self) -> list[Path]:
@@ -177,10 +192,21 @@ class _Parts:
         # only a contiguous run b0000000.. counts; anything after a gap is redone
         good = []
         for k, f in enumerate(files):
-            if f.name != f"b{k:07d}.npz":
+            if f.name != f"b{k:07d}.npz" or not self._readable(f):
                 break
             good.append(f)
         return good
+
+    @staticmethod
+    def _readable(f: Path) -> bool:
+        """A batch file cut short by a machine crash (no fsync: renames of page-cache data survive a killed job,
+        not a lost node) fails to load; it and everything after it is redone."""
+        try:
+            with np.load(f) as z:
+                int(z["n_items"])
+            return True
+        except Exception:
+            return False
 
     def done_items(self) -> int:
         total = 0
@@ -267,6 +293,7 @@ def run_extraction(
     storage_dtype: str = "float32",
     compression: str | None = None,
     extra_attrs: dict[str, Any] | None = None,
+    worker_start: str | None = None,
 ) -> dict[str, Any]:
     """Extract `items` into the store `out`; resumes from `{out}.parts/`; returns counts and timing."""
     import torch
@@ -296,22 +323,49 @@ def run_extraction(
         print(f"[visfeat] resuming after {start} images ({len(flushed)} flushed batches)", file=sys.stderr)
 
     delay = float(os.environ.get(THROTTLE_ENV, "0") or 0)
-    ds = _Images(items, extractor.preprocess, bool(opts.get("exif", True)), int(opts.get("max_pixels")))
-    batches = [list(range(a, min(n, a + batch_size))) for a in range(start, n, batch_size)]
-    cuda = getattr(extractor.device, "type", str(extractor.device)) == "cuda"
-    loader = DataLoader(ds, batch_sampler=batches, num_workers=workers, collate_fn=_Collate(extractor.collate),
-                        pin_memory=cuda, prefetch_factor=4 if workers else None)
+    ds = _Images(items, extractor.preprocessor(), bool(opts.get("exif", True)), int(opts.get("max_pixels")))
+    # Workers decode single images (all of them work on the batch being filled, so the first batch is not one
+    # worker's batch_size decodes away); the main process groups them, in order, into fixed batches.
+    # worker_start None = the platform default (fork on Linux). Measured on an H100 host with 14 workers, fork
+    # started the first batch in 1.7 s, forkserver in 62 s (bench/README.md); the preprocessor is picklable so
+    # spawn/forkserver work where fork is unavailable.
+    loader = DataLoader(ds, sampler=range(start, n), batch_size=None, num_workers=workers, collate_fn=_identity,
+                        prefetch_factor=max(2, 2 * batch_size // workers) if workers else None,
+                        multiprocessing_context=worker_start if workers else None)
+    collate = _Collate(extractor.collate)
     fwd = _Forward(extractor, batch_size)
     progress = _Progress(n, start, name or extractor.preset)
     t0 = time.time()
     k = len(flushed)
-    for b in loader:
-        outs = fwd(b["batch"], len(b["ok"])) if b["ok"] else []
-        parts.write(k, _pack(specs, items, b, outs))
-        k += 1
-        progress.update(b["n_items"])
-        if delay:
-            time.sleep(delay)
+    timing = {"first_batch": 0.0, "wait_images": 0.0, "forward": 0.0, "wait_writer": 0.0}
+    # one writer thread packs and flushes batch k while the model runs batch k+1; order is kept (one worker)
+    pending: list = []
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        it = _group(iter(loader), batch_size, collate)
+        while True:
+            t = time.perf_counter()
+            b = next(it, None)
+            timing["wait_images"] += time.perf_counter() - t
+            if not timing["first_batch"]:
+                timing["first_batch"] = time.time() - t0
+            if b is None:
+                break
+            t = time.perf_counter()
+            outs = fwd(b["batch"], len(b["ok"])) if b["ok"] else []
+            timing["forward"] += time.perf_counter() - t
+            t = time.perf_counter()
+            pending.append(writer.submit(lambda k=k, b=b, outs=outs: parts.write(k, _pack(specs, items, b, outs))))
+            while len(pending) > 2 or (delay and pending):
+                pending.pop(0).result()
+            timing["wait_writer"] += time.perf_counter() - t
+            k += 1
+            progress.update(b["n_items"])
+            if delay:
+                time.sleep(delay)
+        t = time.perf_counter()
+        for f in pending:
+            f.result()
+        timing["wait_writer"] += time.perf_counter() - t
     progress.close()
     elapsed = time.time() - t0
 
@@ -324,12 +378,15 @@ def run_extraction(
         "compression": compression or "none",
         **(extra_attrs or {}),
     }
+    t = time.perf_counter()
     n_ok, n_failed = _assemble(parts, specs, out, attrs, storage_dtype, compression)
     parts.remove()
+    timing["assemble"] = time.perf_counter() - t
     done = n - start
     print(f"[visfeat] done: {n_ok} images, {n_failed} failed, {done} processed now in {elapsed:.1f} s "
-          f"({done / max(elapsed, 1e-9):.2f} img/s)", file=sys.stderr, flush=True)
-    return {"images": n_ok, "failed": n_failed, "seconds": elapsed, "processed": done}
+          f"({done / max(elapsed, 1e-9):.2f} img/s); seconds: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in timing.items()), file=sys.stderr, flush=True)
+    return {"images": n_ok, "failed": n_failed, "seconds": elapsed, "processed": done, "timing": timing}
 
 
 def _assemble(parts: _Parts, specs: list[FieldSpec], out: Path, attrs: dict, storage_dtype: str,

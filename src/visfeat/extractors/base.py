@@ -1,8 +1,8 @@
 """The one interface every extractor implements; nothing else in the pipeline knows which model it runs.
 
 Contract:
-- `preprocess(image)` runs in DataLoader workers on the CPU: 8-bit RGB PIL image in, a dict of tensors out.
-  It must be picklable and must not touch the GPU.
+- `preprocessor()` returns the picklable callable (no model inside) that DataLoader workers run on the CPU:
+  8-bit RGB PIL image in, a dict of tensors out. It must not touch the GPU. `preprocess(image)` calls it.
 - `collate(samples)` turns a list of those dicts into one batch (default: stack each key).
 - `forward(batch)` runs the model on `self.device` and returns one dict of numpy arrays per image, with exactly
   the fields of `fields()` (float32 unless the spec says otherwise).
@@ -12,14 +12,25 @@ Contract:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from ..fields import FieldSpec
 
-__all__ = ["Extractor", "FieldSpec"]
+__all__ = ["Extractor", "FieldSpec", "TransformPreprocessor"]
+
+
+class TransformPreprocessor:
+    """The common case: one torchvision transform, its output under one key. Picklable, so workers can be
+    started with spawn/forkserver without copying the model."""
+
+    def __init__(self, transform: Callable, key: str = "image"):
+        self.transform, self.key = transform, key
+
+    def __call__(self, image) -> dict[str, Any]:
+        return {self.key: self.transform(image)}
 
 
 class Extractor(ABC):
@@ -33,7 +44,10 @@ class Extractor(ABC):
     def fields(self) -> list[FieldSpec]: ...
 
     @abstractmethod
-    def preprocess(self, image) -> dict[str, Any]: ...
+    def preprocessor(self) -> Callable[[Any], dict[str, Any]]: ...
+
+    def preprocess(self, image) -> dict[str, Any]:
+        return self.preprocessor()(image)
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torchvision import transforms as T
 
-from .base import Extractor, FieldSpec
+from .base import Extractor, FieldSpec, TransformPreprocessor
 
 # openai/CLIP clip/clip.py _transform
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -100,8 +100,8 @@ class ClipExtractor(Extractor):
         g = self.grid_hw
         return [FieldSpec("global", (self.global_dim,)), FieldSpec("grid", (g, g, self.grid_dim))]
 
-    def preprocess(self, image) -> dict[str, Any]:
-        return {"image": self.transform(image)}
+    def preprocessor(self) -> TransformPreprocessor:
+        return TransformPreprocessor(self.transform)
 
     def _visual(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         v = self.model.visual

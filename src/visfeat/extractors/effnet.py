@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torchvision import transforms as T
 
-from .base import Extractor, FieldSpec
+from .base import Extractor, FieldSpec, TransformPreprocessor
 
 MEAN = (0.5, 0.5, 0.5)  # tensorflow/tpu efficientnet/lite/efficientnet_lite_builder.py: MEAN_RGB 127.0 (/255)
 STD = (0.5, 0.5, 0.5)  # same file: STDDEV_RGB 128.0 (/255)
@@ -67,8 +67,8 @@ class EffnetLite0(Extractor):
         g = self.grid_hw
         return [FieldSpec("global", (1280,)), FieldSpec("grid", (g, g, 1280)), FieldSpec("logits", (1000,))]
 
-    def preprocess(self, image) -> dict[str, Any]:
-        return {"image": self.transform(image)}
+    def preprocessor(self) -> TransformPreprocessor:
+        return TransformPreprocessor(self.transform)
 
     @torch.inference_mode()
     def forward(self, batch: dict[str, Any]) -> list[dict[str, np.ndarray]]:
