@@ -1,6 +1,9 @@
 """Real snakemake runs in temp dirs on the sample photos, generated bad images and tiny CLIP weights."""
+import hashlib
+import io
 import os
 import shutil
+import zipfile
 import signal
 import subprocess
 import sys
@@ -14,6 +17,7 @@ import yaml
 
 import visfeat
 from conftest import copy_workflow, snakemake
+from http_server import FileServer
 from test_extract import stores_identical
 from visfeat.extract import THROTTLE_ENV, folder_items, run_extraction
 
@@ -72,14 +76,43 @@ def clip_run(tmp_path_factory, tiny_clip, bad_dir, sample_dir):
     weights = wd / "resources/weights/clip-vit-b32/ViT-B-32.pt"
     weights.parent.mkdir(parents=True)
     shutil.copy(tiny_clip["vit32"][0], weights)  # placed by the user: used as is
-    cfg = {
-        "datasets": {"sample": {"source": "sample", "shards": 2}, "odd": {"source": "folder", "path": str(bad_dir[0])}},
-        "extractors": {"clip-vit-b32": {"batch_size": 3}},
-        "features": [{"datasets": ["sample", "odd"], "extractors": ["clip-vit-b32"]}],
-    }
-    (wd / "config/config.yaml").write_text(yaml.safe_dump(cfg))
-    snakemake(wd)
+    # an archive served on 127.0.0.1 (downloaded, sha256-checked, unpacked) and an image list with its own ids
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name in ("chelsea.png", "coffee.png"):
+            z.write(sample_dir / name, f"photos/{name}")
+    archive = buf.getvalue()
+    (wd / "lists").mkdir()
+    (wd / "lists/mine.txt").write_text("cat-1\tchelsea.png\nrocket.jpg\n")
+    (wd / "lists/captions.txt").write_text("chelsea\tA cat on a sofa.\ncoffee\ttwo cups of espresso\n")
+    with FileServer({"/photos.zip": archive}) as srv:
+        cfg = {
+            "datasets": {
+                "sample": {"source": "sample", "shards": 2},
+                "odd": {"source": "folder", "path": str(bad_dir[0])},
+                "zipped": {"source": "archive", "url": srv.url + "/photos.zip", "sha256": hashlib.sha256(archive).hexdigest()},
+                "listed": {"source": "list", "list": "lists/mine.txt", "path": str(sample_dir)},
+            },
+            "extractors": {"clip-vit-b32": {"batch_size": 3}},
+            "features": [{"datasets": ["sample", "odd", "zipped", "listed"], "extractors": ["clip-vit-b32"]}],
+            "text": {"caps": {"captions": "lists/captions.txt", "extractors": ["clip-vit-b32"]}},
+        }
+        (wd / "config/config.yaml").write_text(yaml.safe_dump(cfg))
+        snakemake(wd)
     return wd
+
+
+def test_archive_list_and_text_sources(clip_run, sample_dir):
+    wd = clip_run
+    zipped = visfeat.open(wd / "results/zipped/clip-vit-b32.h5")
+    assert sorted(zipped) == ["photos/chelsea", "photos/coffee"]
+    listed = visfeat.open(wd / "results/listed/clip-vit-b32.h5")
+    assert sorted(listed) == ["cat-1", "rocket"]
+    np.testing.assert_allclose(listed["cat-1"]["global"], zipped["photos/chelsea"]["global"], rtol=1e-5, atol=1e-6)
+    import h5py
+
+    with h5py.File(wd / "results/text/caps/clip-vit-b32.h5") as f:
+        assert list(f["caption_id"].asstr()[:]) == ["chelsea#0", "coffee#0"] and f["text"].shape == (2, 32)
 
 
 def test_clip_workflow_equals_in_process_extraction(clip_run, sample_dir, bad_dir, tiny_clip, tmp_path):

@@ -13,7 +13,7 @@ rule prepare_dataset:
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "{params.visfeat} prepare {params.args} --dest {output} > {log} 2>&1"
+        "{params.visfeat} prepare {params.args} --dest {output} > {log} 2>&1 || (tail -n 3 {log} >&2; exit 1)"
 
 
 rule manifest:

@@ -12,4 +12,4 @@ rule fetch_weights:
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "{params.visfeat} fetch-weights --preset {wildcards.preset} --dest {output} > {log} 2>&1"
+        "{params.visfeat} fetch-weights --preset {wildcards.preset} --dest {output} > {log} 2>&1 || (tail -n 3 {log} >&2; exit 1)"
