@@ -42,6 +42,10 @@ def cmd_extract(a) -> int:
     if bool(a.images) == bool(a.list):
         raise SystemExit("give exactly one of --images DIR or --list FILE")
     items = folder_items(a.images) if a.images else read_list(a.list, a.root)
+    if a.device != "cpu":
+        from .gpus import claim_gpu
+
+        claim_gpu()  # several GPUs, no scheduler: one per job (before CUDA initialises)
     ex = load_extractor(a.preset, weights=a.weights, device=a.device, amp=a.amp, **_kv(a.set))
     res = run_extraction(ex, items, a.out, batch_size=a.batch_size, workers=a.workers, name=a.name,
                          storage_dtype=a.dtype, compression=a.compression)

@@ -316,6 +316,8 @@ def run_extraction(
     free = shutil.disk_usage(out.parent).free
     print(f"[visfeat] {extractor.preset}: {n} images -> {out} (expected size ~{need / 1e6:.1f} MB, "
           f"free disk {free / 1e9:.1f} GB); fields: {extractor.describe()}", file=sys.stderr, flush=True)
+    print(f"[visfeat] device {extractor.device} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}), "
+          f"batch {batch_size}, {workers} workers", file=sys.stderr, flush=True)
     if 2 * need > free:
         raise OSError(f"not enough free disk for {out}: expected ~{need / 1e9:.2f} GB (x2 while assembling), "
                       f"{free / 1e9:.2f} GB free")
