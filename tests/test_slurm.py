@@ -1,0 +1,140 @@
+"""`snakemake --profile slurm all_features`, exactly as typed, on a real single-node SLURM cluster on localhost.
+
+Set-up as the README tells cluster users: profiles/slurm linked into ~/.config/snakemake/slurm (HOME is a temp
+dir here). Test overrides, in the copy's profiles/default (loaded automatically, as on any checkout): a 6 s first
+status check instead of 40 s. Data: the sample photos in 2 shards, a tiny CLIP in the official layout.
+"""
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import copy_workflow, snakemake
+from slurm_cluster import LocalSlurm, unavailable_reason
+from test_extract import stores_identical
+
+REASON = unavailable_reason()
+pytestmark = [pytest.mark.slurm, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+
+
+def _workflow(root: Path, tiny_clip) -> Path:
+    root.mkdir(parents=True)
+    wd = copy_workflow(root)
+    weights = wd / "resources/weights/clip-vit-b32/ViT-B-32.pt"
+    weights.parent.mkdir(parents=True)
+    shutil.copy(tiny_clip["vit32"][0], weights)
+    cfg = {
+        "datasets": {"sample": {"source": "sample", "shards": 2}},
+        "extractors": {"clip-vit-b32": {"batch_size": 2, "workers": 1}},  # 2 CPUs per job: this node has 2
+        "features": [{"datasets": ["sample"], "extractors": ["clip-vit-b32"]}],
+    }
+    (wd / "config/config.yaml").write_text(yaml.safe_dump(cfg))
+    return wd
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    c = LocalSlurm(tmp_path_factory.mktemp("slurm")).start()
+    yield c
+    c.stop()
+
+
+def _run_as_typed(wd: Path, home: Path, env: dict | None = None, check: bool = True):
+    exe = Path(sys.executable).with_name("snakemake")
+    e = {k: v for k, v in os.environ.items() if k != "XDG_CONFIG_HOME"}
+    e.update({"HOME": str(home), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", **(env or {})})
+    cmd = "snakemake --profile slurm all_features"  # the card's command, exactly
+    p = subprocess.run(cmd.split(), cwd=wd, env={**e, "PATH": f"{exe.parent}:{e['PATH']}"}, capture_output=True,
+                       text=True, timeout=900)
+    if check and p.returncode != 0:
+        raise AssertionError(f"{cmd} failed:\n{p.stdout[-4000:]}\n{p.stderr[-6000:]}")
+    return p
+
+
+def _home_with_profile(tmp: Path, wd: Path) -> Path:
+    """The README's cluster set-up: ln -s "$PWD/profiles/slurm" ~/.config/snakemake/slurm"""
+    home = tmp / "home"
+    (home / ".config/snakemake").mkdir(parents=True)
+    (home / ".config/snakemake/slurm").symlink_to(wd / "profiles/slurm")
+    return home
+
+
+def _rule_jobs(cluster: LocalSlurm, since: set[str]) -> list[dict]:
+    out = []
+    for j in cluster.jobs():
+        if j["JobId"] in since:
+            continue
+        comment = j.get("Comment", "")
+        j["rule"] = comment.split("_wildcards_")[0].removeprefix("rule_") if comment.startswith("rule_") else ""
+        out.append(j)
+    return out
+
+
+def test_all_features_on_slurm(cluster, tiny_clip, tmp_path, capsys):
+    wd = _workflow(tmp_path / "wf", tiny_clip)
+    (wd / "profiles/default/config.yaml").write_text("cores: all\nslurm-init-seconds-before-status-checks: 6\n")
+    home = _home_with_profile(tmp_path, wd)
+    before = {j["JobId"] for j in cluster.jobs()}
+    t0 = time.time()
+    p = _run_as_typed(wd, home)
+    took = time.time() - t0
+    jobs = _rule_jobs(cluster, before)
+    by_rule: dict[str, list[dict]] = {}
+    for j in jobs:
+        by_rule.setdefault(j["rule"], []).append(j)
+    with capsys.disabled():
+        print(f"\n[slurm] `snakemake --profile slurm all_features` took {took:.0f} s; jobs seen by slurmctld:")
+        for j in jobs:
+            print(f"[slurm]   job {j['JobId']:>6} {j['rule']:<10} partition={j['Partition']:<4} "
+                  f"state={j['JobState']:<10} tres={j.get('TresPerJob', '-')} cpus={j['NumCPUs']}")
+    assert len(by_rule.get("extract", [])) == 2, p.stdout[-3000:]
+    for j in by_rule["extract"]:
+        assert j["Partition"] == "gpu" and "gpu:1" in j.get("TresPerJob", "") and j["JobState"] == "COMPLETED"
+    for rule in ("manifest", "shard", "merge"):
+        assert by_rule.get(rule) and all(j["Partition"] == "cpu" for j in by_rule[rule]), rule
+    assert "prepare_dataset" not in by_rule  # a localrule: the login node downloads
+    for i in (0, 1):
+        log = (wd / f"logs/extract/sample/clip-vit-b32/{i}.log").read_text()
+        assert "CUDA_VISIBLE_DEVICES=0)" in log or "CUDA_VISIBLE_DEVICES=1)" in log  # SLURM gave it a GPU
+
+    km = subprocess.run([str(Path(sys.executable).with_name("snakemake")), "--profile", "slurm", "kmeans"], cwd=wd,
+                        env={**os.environ, "HOME": str(home)}, capture_output=True, text=True)
+    assert km.returncode == 0 and "no k-means configured" in km.stdout + km.stderr
+
+    # the same run locally gives the same merged file
+    local = _workflow(tmp_path / "local", tiny_clip)
+    snakemake(local, "--cores", "2")
+    stores_identical(local / "results/sample/clip-vit-b32.h5", wd / "results/sample/clip-vit-b32.h5")
+
+    # scancel an extraction job mid-shard: the profile's retry resubmits it and it resumes from its last batch
+    reference = tmp_path / "ref.h5"
+    shutil.copy(wd / "results/sample/clip-vit-b32.h5", reference)
+    shutil.rmtree(wd / "results/sample/clip-vit-b32")
+    (wd / "results/sample/clip-vit-b32.h5").unlink()
+    before = {j["JobId"] for j in cluster.jobs()}
+    proc = subprocess.Popen(["snakemake", "--profile", "slurm", "all_features"], cwd=wd,
+                            env={**os.environ, "HOME": str(home), "VISFEAT_TEST_BATCH_DELAY": "2",
+                                 "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    shards = wd / "results/sample/clip-vit-b32/shards"
+    deadline = time.time() + 300
+    while not list(shards.glob("*.h5.parts/b*.npz")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    running = [j for j in _rule_jobs(cluster, before) if j["rule"] == "extract" and j["JobState"] == "RUNNING"]
+    assert running, (cluster.jobs(), proc.communicate()[0][-3000:])
+    victims = [f"{j['ArrayJobId']}_{j['ArrayTaskId']}" if j.get("ArrayTaskId") not in (None, "N/A") else j["JobId"]
+               for j in running]
+    subprocess.run(["scancel", *victims], check=True)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-4000:]
+    logs = [(wd / f"logs/extract/sample/clip-vit-b32/{i}.log").read_text() for i in (0, 1)]
+    assert any("resuming after" in log for log in logs), logs
+    stores_identical(reference, wd / "results/sample/clip-vit-b32.h5")
+    with capsys.disabled():
+        print(f"[slurm] scancel {' '.join(victims)} (a running extract job) mid-shard: the retry resumed from "
+              f"its last batch and the merged file is identical to the uninterrupted one")
