@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench lint
+.PHONY: setup run test bench lint slurm
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -19,8 +19,18 @@ setup: $(STAMP)
 run: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH snakemake
 
-test: setup
-	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest --durations=25 $(PYTEST_ARGS)
+# The SLURM test runs a real single-node cluster: Debian's slurm-wlm + munge, installed here when we are root
+# with apt-get; elsewhere tests/test_slurm.py is skipped with the reason printed.
+slurm:
+	@if command -v slurmctld >/dev/null && command -v munged >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing slurm-wlm and munge for the SLURM test"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends slurm-wlm munge >/dev/null \
+	    || echo "apt-get failed: the SLURM test will be skipped"; \
+	else echo "not root with apt-get: the SLURM test will be skipped"; fi
+
+test: setup slurm
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -rs --durations=25 $(PYTEST_ARGS)
 
 lint: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH snakemake --lint

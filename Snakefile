@@ -21,3 +21,9 @@ rule all_features:
     input:
         get_all_features(),
     default_target: True
+
+
+rule weights:
+    # every weights file the configured extractors need, fetched on this machine (cluster login nodes)
+    input:
+        get_all_weights(),

@@ -138,3 +138,20 @@ def test_all_features_on_slurm(cluster, tiny_clip, tmp_path, capsys):
     with capsys.disabled():
         print(f"[slurm] scancel {' '.join(victims)} (a running extract job) mid-shard: the retry resumed from "
               f"its last batch and the merged file is identical to the uninterrupted one")
+
+
+def test_slurm_profile_dry_run_plans_gpu_jobs(tmp_path):
+    """`snakemake --profile profiles/slurm -n all_features` on the default config: extraction on the GPU partition
+    with gpu=1, the CPU steps on the CPU partition (that downloads stay local is checked on the real cluster)."""
+    wd = copy_workflow(tmp_path)
+    p = snakemake(wd, "--profile", "profiles/slurm", "-n", "all_features")
+    blocks = {}
+    for block in p.stdout.split("\n\n"):
+        for line in block.splitlines():
+            if line.startswith(("rule ", "localrule ")):
+                blocks.setdefault(line.split()[1].rstrip(":"), []).append(block)
+    assert len(blocks["extract"]) == 2
+    for b in blocks["extract"]:
+        assert "slurm_partition=gpu" in b and "gpu=1" in b
+    for rule in ("manifest", "shard", "merge"):
+        assert all("slurm_partition=cpu" in b for b in blocks[rule])

@@ -168,3 +168,15 @@ def test_killed_extraction_job_resumes_to_identical_file(clip_run, tmp_path):
     assert "resuming after 3 images" in (wd / "logs/extract/sample/clip-vit-b32/0.log").read_text()
     stores_identical(reference, wd / "results/sample/clip-vit-b32/shards/0.h5")
     snakemake(wd)
+
+
+def test_offline_weights_error_names_file_and_place(tmp_path):
+    wd = copy_workflow(tmp_path)
+    cfg = yaml.safe_load((wd / "config/config.yaml").read_text())
+    cfg["extractors"]["clip-rn50"] = {}
+    cfg["weights_mirror"] = "http://weights.visfeat.invalid"  # .invalid never resolves: offline, never a download
+    (wd / "config/config.yaml").write_text(yaml.safe_dump(cfg))
+    p = snakemake(wd, "weights", check=False)
+    out = p.stdout + p.stderr
+    assert p.returncode != 0
+    assert "place RN50.pt" in out and "resources/weights/clip-rn50/RN50.pt" in out, out[-3000:]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import time
 import urllib.error
 import urllib.request
@@ -67,7 +68,11 @@ def download(
             last_err = e
             if 400 <= e.code < 500:
                 raise DownloadError(f"{url}: HTTP {e.code} {e.reason}") from None
-        except (urllib.error.URLError, OSError, DownloadError) as e:
+        except urllib.error.URLError as e:
+            last_err = e
+            if isinstance(e.reason, socket.gaierror):  # no DNS: offline, retrying will not help
+                raise DownloadError(f"could not download {url}: {e.reason} (offline?)") from None
+        except (OSError, DownloadError) as e:
             last_err = e
         if attempt + 1 < retries:
             time.sleep(backoff * 2**attempt)

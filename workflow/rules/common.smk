@@ -116,3 +116,12 @@ def get_all_features():
     for name, t in config["text"].items():
         out += [f"{R}/text/{name}/{e}.h5" for e in t["extractors"]]
     return list(dict.fromkeys(out))
+
+
+def get_all_weights():
+    out = []
+    for name, inst in EXTRACTORS.items():
+        if "weights" not in inst:
+            p = preset_of(name)
+            out += [f"{RES}/weights/{p.name}/{wf.filename}" for wf in p.weights]
+    return list(dict.fromkeys(out))

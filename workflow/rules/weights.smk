@@ -4,6 +4,11 @@ rule fetch_weights:
     output:
         f"{RES}/weights/{{preset}}/{{filename}}",
     params:
+        url=lambda wc: (
+            f"--url {shlex.quote(config['weights_mirror'].rstrip('/') + f'/{wc.preset}/{wc.filename}')}"
+            if config.get("weights_mirror")
+            else ""
+        ),
         visfeat=VISFEAT,
     log:
         "logs/fetch_weights/{preset}/{filename}.log",
@@ -12,4 +17,4 @@ rule fetch_weights:
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "{params.visfeat} fetch-weights --preset {wildcards.preset} --dest {output} > {log} 2>&1 || (tail -n 3 {log} >&2; exit 1)"
+        "{params.visfeat} fetch-weights --preset {wildcards.preset} {params.url} --dest {output} > {log} 2>&1 || (tail -n 3 {log} >&2; exit 1)"
