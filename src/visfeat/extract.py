@@ -296,7 +296,6 @@ def run_extraction(
     worker_start: str | None = None,
 ) -> dict[str, Any]:
     """Extract `items` into the store `out`; resumes from `{out}.parts/`; returns counts and timing."""
-    import torch
     from torch.utils.data import DataLoader
 
     out = Path(out)

@@ -118,6 +118,14 @@ def get_all_features():
     return list(dict.fromkeys(out))
 
 
+def weights_url_arg(wildcards):
+    """--url for a site mirror serving {mirror}/{preset}/{file}; nothing = the official URL."""
+    mirror = config.get("weights_mirror")
+    if not mirror:
+        return ""
+    return "--url " + shlex.quote(f"{mirror.rstrip('/')}/{wildcards.preset}/{wildcards.filename}")
+
+
 def get_all_weights():
     out = []
     for name, inst in EXTRACTORS.items():

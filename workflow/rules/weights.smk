@@ -4,11 +4,7 @@ rule fetch_weights:
     output:
         f"{RES}/weights/{{preset}}/{{filename}}",
     params:
-        url=lambda wc: (
-            f"--url {shlex.quote(config['weights_mirror'].rstrip('/') + f'/{wc.preset}/{wc.filename}')}"
-            if config.get("weights_mirror")
-            else ""
-        ),
+        url=weights_url_arg,
         visfeat=VISFEAT,
     log:
         "logs/fetch_weights/{preset}/{filename}.log",
