@@ -123,7 +123,8 @@ def weights_url_arg(wildcards):
     mirror = config.get("weights_mirror")
     if not mirror:
         return ""
-    return "--url " + shlex.quote(f"{mirror.rstrip('/')}/{wildcards.preset}/{wildcards.filename}")
+    url = f"{mirror.rstrip('/')}/{wildcards.preset}/{wildcards.filename}"
+    return f"--url {shlex.quote(url)}"
 
 
 def get_all_weights():
