@@ -27,3 +27,13 @@ rule weights:
     # every weights file the configured extractors need, fetched on this machine (cluster login nodes)
     input:
         get_all_weights(),
+
+
+for _dataset in DATASETS:
+
+    rule:
+        # features_<dataset>: everything all_features builds for one dataset
+        name:
+            f"features_{_dataset}"
+        input:
+            features_of(_dataset),

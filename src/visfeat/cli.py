@@ -68,22 +68,34 @@ def cmd_export(a) -> int:
 
 
 def cmd_manifest(a) -> int:
-    from .datasets import build_manifest, read_image_list, scan_folder
+    from . import datasets as D
 
     root = Path(a.root)
+    if a.source == "folder" and not root.is_dir() and a.missing_message:
+        raise SystemExit(f"visfeat manifest: error: image folder {root} does not exist.\n{a.missing_message}")
     if a.source in ("folder", "archive", "sample"):
-        pairs = scan_folder(root, a.id_style)
+        pairs = D.scan_folder(root, a.id_style)
     elif a.source == "list":
-        pairs = read_image_list(a.list, a.id_style)
+        pairs = D.read_image_list(a.list, a.id_style)
+    elif a.source == "folders":
+        pairs = D.pairs_from_folders(root, a.folder, a.id_style)
+    elif a.source == "annotation":
+        pairs = D.pairs_from_coco_annotation(root / a.annotation, a.folder[0], a.id_style)
+    elif a.source == "karpathy":
+        folders = dict(f.split("=", 1) for f in a.folder)
+        pairs = D.pairs_from_karpathy(root / a.annotation, a.split, folders)
     else:
         raise SystemExit(f"unknown source {a.source!r}")
-    df = build_manifest(root, pairs, apply_exif=not a.no_exif)
+    df = D.build_manifest(root, pairs, apply_exif=not a.no_exif)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(a.out + ".tmp")
     df.to_parquet(tmp, index=False)
     tmp.replace(a.out)
     bad = int((df["width"] < 0).sum())
-    print(f"manifest: {len(df)} images under {root} ({bad} with unreadable headers) -> {a.out}")
+    missing = D.missing_ids(df)
+    print(f"manifest: {len(df)} images under {root} ({bad} with unreadable headers, {len(missing)} missing) -> {a.out}")
+    if missing:  # kept in the manifest: extraction records them as failed, by id
+        print(f"missing image files ({len(missing)}), by id: {' '.join(missing[:50])}{' ...' if len(missing) > 50 else ''}")
     return 0
 
 
@@ -134,7 +146,9 @@ def cmd_prepare(a) -> int:
         raise SystemExit("--source archive needs --url and --archive")
     archive = Path(a.archive)
     if not archive.exists():
-        download(a.url, archive, sha256=a.sha256)
+        if not a.sha256:
+            print(f"warning: no published checksum for {a.url}: downloaded unverified", file=sys.stderr)
+        download(a.url, archive, sha256=a.sha256, size=a.size)
     unpack(archive, a.dest)
     print(f"unpacked {archive} -> {a.dest}")
     return 0
@@ -187,9 +201,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("manifest", help="(workflow) list a dataset's images into manifest.parquet")
-    p.add_argument("--source", required=True, choices=["folder", "list", "sample", "archive"])
+    p.add_argument("--source", required=True,
+                   choices=["folder", "list", "sample", "archive", "folders", "annotation", "karpathy"])
     p.add_argument("--root", required=True)
     p.add_argument("--list")
+    p.add_argument("--folder", action="append", default=[],
+                   help="folders: image folder under root (repeat); annotation: the images folder; "
+                        "karpathy: FILEPATH=FOLDER (repeat)")
+    p.add_argument("--annotation", help="annotation/split file under root (COCO json, Karpathy dataset_*.json)")
+    p.add_argument("--split", action="append", default=[], help="karpathy: split names to keep (repeat)")
+    p.add_argument("--missing-message", help="folder: what to tell the user when the folder does not exist")
     p.add_argument("--id-style", default="path", choices=["path", "stem", "coco"])
     p.add_argument("--no-exif", action="store_true", help="report header sizes without EXIF orientation")
     p.add_argument("--out", required=True)
@@ -220,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--url")
     p.add_argument("--sha256")
     p.add_argument("--archive", help="where the downloaded archive is kept (resumable .part beside it)")
+    p.add_argument("--size", type=int, help="published size in bytes (free-disk check before downloading)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("text", help="CLIP text embeddings of captions (Karpathy dataset_*.json or a text file)")

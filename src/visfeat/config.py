@@ -34,8 +34,22 @@ def _key(path) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
 
 
-def validate_config(config: dict, schema_path: str, base_dir: str = ".") -> dict:
-    """Validate, fill defaults, check cross-references and paths; return the filled config."""
+BUILTIN_SOURCES = ("sample", "folder", "list", "archive")
+
+
+def load_registry(path: str) -> dict:
+    with open(path) as f:
+        reg = yaml.safe_load(f)
+    for name, d in reg["datasets"].items():
+        for a in d.get("archives", []):
+            if a not in reg["archives"]:
+                raise ConfigError(f"{path}: datasets.{name}: unknown archive {a!r}")
+    return reg
+
+
+def validate_config(config: dict, schema_path: str, base_dir: str = ".", registry: dict | None = None) -> dict:
+    """Validate, fill defaults, check cross-references and paths; return the filled config. `registry`: the
+    dataset registry, whose names are valid `source`s."""
     import jsonschema
 
     with open(schema_path) as f:
@@ -52,11 +66,11 @@ def validate_config(config: dict, schema_path: str, base_dir: str = ".") -> dict
             raise ConfigError(f"config: {_key(list(e.absolute_path) + extra[:1])}: unknown key")
         raise ConfigError(f"config: {_key(e.absolute_path)}: {e.message}")
     cfg = _fill_defaults(schema, cfg)
-    _check_semantics(cfg, base_dir)
+    _check_semantics(cfg, base_dir, registry or {"datasets": {}, "archives": {}})
     return cfg
 
 
-def _check_semantics(cfg: dict, base_dir: str) -> None:
+def _check_semantics(cfg: dict, base_dir: str, registry: dict) -> None:
     from .extractors.registry import COMMON_OPTIONS, get_preset
 
     def path_of(p: str) -> str:
@@ -64,6 +78,9 @@ def _check_semantics(cfg: dict, base_dir: str) -> None:
 
     for name, d in cfg["datasets"].items():
         src = d["source"]
+        if src not in BUILTIN_SOURCES and src not in registry["datasets"]:
+            raise ConfigError(f"config: datasets.{name}.source: unknown source {src!r}; built in: "
+                              f"{', '.join(BUILTIN_SOURCES)}; registry: {', '.join(registry['datasets'])}")
         need = {"folder": ["path"], "list": ["list", "path"], "archive": ["url", "sha256"]}.get(src, [])
         for k in need:
             if k not in d:

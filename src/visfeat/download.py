@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import socket
 import time
 import urllib.error
@@ -40,10 +41,21 @@ def download(
     backoff: float = 1.0,
     timeout: float = 60.0,
     chunk: int = 1 << 20,
+    size: int | None = None,
 ) -> Path:
+    """`size` (bytes, where published) enables a free-disk check first: the rest of the download plus room to
+    unpack it."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
+    if size:
+        have = part.stat().st_size if part.exists() else 0
+        need = (size - have) + size  # the archive, then its unpacked tree
+        free = shutil.disk_usage(dest.parent).free
+        if need > free:
+            raise DownloadError(f"not enough free disk under {dest.parent} for {url}: need ~{need / 1e9:.1f} GB "
+                                f"(the rest of a {size / 1e9:.1f} GB archive and room to unpack it), "
+                                f"{free / 1e9:.1f} GB free")
     last_err: Exception | None = None
     for attempt in range(retries):
         have = part.stat().st_size if part.exists() else 0
@@ -93,7 +105,6 @@ def unpack(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
 
     A killed unpack leaves only the temporary folder (removed on the next try), never a half tree at `dest`.
     """
-    import shutil
     import tarfile
     import zipfile
 

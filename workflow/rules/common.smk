@@ -11,13 +11,23 @@ VISFEAT_SRC = str(Path(workflow.basedir) / "src")
 if VISFEAT_SRC not in sys.path:
     sys.path.insert(0, VISFEAT_SRC)
 
-from visfeat.config import ConfigError, preset_options, validate_config
+from visfeat.config import ConfigError, load_registry, preset_options, validate_config
 from visfeat.extractors.registry import get_preset
 
+
+def _registry_path():
+    p = Path(config.get("dataset_registry", "config/datasets.yaml"))
+    return p if p.is_absolute() or p.exists() else Path(workflow.basedir) / p
+
+
 try:
-    config = validate_config(config, str(Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"))
+    REGISTRY = load_registry(str(_registry_path()))
+    config = validate_config(
+        config, str(Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"), registry=REGISTRY
+    )
 except ConfigError as e:
     raise WorkflowError(str(e)) from None
+ARCHIVES = REGISTRY["archives"]
 
 R = config["results"]
 RES = config["resources"]
@@ -37,14 +47,61 @@ wildcard_constraints:
     dataset=_alternatives(DATASETS),
     extractor=_alternatives(EXTRACTORS),
     prepared=_alternatives([d for d, v in DATASETS.items() if v["source"] in ("sample", "archive")]),
+    archive=_alternatives(ARCHIVES),
     i=r"\d+",
 
 
+def registry_entry(dataset):
+    """The registry entry a dataset uses as its source, or None for the built-in sources."""
+    return REGISTRY["datasets"].get(DATASETS[dataset]["source"])
+
+
 def dataset_root(dataset):
-    d = DATASETS[dataset]
+    d, reg = DATASETS[dataset], registry_entry(dataset)
+    if reg is not None:
+        return d.get("path") or reg.get("local") or f"{RES}/archives"
     if d["source"] in ("sample", "archive"):
         return f"{RES}/datasets/{dataset}"
     return d["path"]
+
+
+def id_style(dataset):
+    reg = registry_entry(dataset) or {}
+    return DATASETS[dataset].get("id_style") or reg.get("id_style") or "path"
+
+
+def manifest_args(wildcards):
+    """visfeat manifest arguments: which source kind, the root, and how the split is chosen."""
+    ds = wildcards.dataset
+    d, reg = DATASETS[ds], registry_entry(ds)
+    q = shlex.quote
+    args = [f"--root {q(dataset_root(ds))}", f"--id-style {id_style(ds)}"]
+    if reg is None:
+        args.append(f"--source {d['source']}")
+        if d["source"] == "list":
+            args.append(f"--list {q(d['list'])}")
+    elif "local" in reg:
+        args += ["--source folder", f"--missing-message {q(reg['instructions'])}"]
+    elif "annotation" in reg:
+        args += ["--source annotation", f"--annotation {q(reg['annotation'])}", f"--folder {q(reg['images'])}"]
+    elif "karpathy" in reg:
+        args += ["--source karpathy", f"--annotation {q(reg['karpathy'])}"]
+        args += [f"--split {s}" for s in reg["splits"]]
+        args += [f"--folder {q(f'{k}={v}')}" for k, v in reg["filepaths"].items()]
+    else:
+        args += ["--source folders"] + [f"--folder {q(f)}" for f in reg["folders"]]
+    return " ".join(args)
+
+
+def archive_args(wildcards):
+    a = ARCHIVES[wildcards.archive]
+    name = os.path.basename(urllib.parse.urlparse(a["url"]).path) or "archive"
+    args = [f"--url {shlex.quote(a['url'])}", f"--archive {shlex.quote(f'{RES}/downloads/{wildcards.archive}/{name}')}"]
+    if a.get("sha256"):
+        args.append(f"--sha256 {a['sha256']}")
+    if a.get("size"):
+        args.append(f"--size {a['size']}")
+    return " ".join(args)
 
 
 def prepare_args(wildcards):
@@ -57,7 +114,9 @@ def prepare_args(wildcards):
 
 
 def get_dataset_input(wildcards):
-    d = DATASETS[wildcards.dataset]
+    d, reg = DATASETS[wildcards.dataset], registry_entry(wildcards.dataset)
+    if reg is not None:  # a local sign-up folder is checked by the job itself, so -n plans without it
+        return [] if "local" in reg else [f"{RES}/archives/{a}" for a in reg["archives"]]
     if d["source"] == "list":
         return [d["list"]]
     return [dataset_root(wildcards.dataset)]
@@ -134,3 +193,8 @@ def get_all_weights():
             p = preset_of(name)
             out += [f"{RES}/weights/{p.name}/{wf.filename}" for wf in p.weights]
     return list(dict.fromkeys(out))
+
+
+def features_of(dataset):
+    """The stores all_features builds for one dataset (the features_<dataset> target)."""
+    return [f for f in get_all_features() if f.startswith(f"{R}/{dataset}/")]

@@ -16,25 +16,36 @@ rule prepare_dataset:
         "{params.visfeat} prepare {params.args} --dest {output} > {log} 2>&1 || (tail -n 3 {log} >&2; exit 1)"
 
 
+rule download_archive:
+    # a registry archive (config/datasets.yaml): resumable, retried, sha256-checked where published, free disk
+    # checked first, unpacked atomically; a localrule, so compute nodes without internet never try
+    output:
+        directory(f"{RES}/archives/{{archive}}"),
+    params:
+        args=archive_args,
+        visfeat=VISFEAT,
+    log:
+        "logs/download_archive/{archive}.log",
+    localrule: True
+    retries: 2
+    conda:
+        "../../envs/cpu.yaml"
+    shell:
+        "{params.visfeat} prepare --source archive {params.args} --dest {output} > {log} 2>&1 "
+        "|| (tail -n 3 {log} >&2; exit 1)"
+
+
 rule manifest:
     input:
         get_dataset_input,
     output:
         f"{R}/{{dataset}}/manifest.parquet",
     params:
-        root=lambda wc: dataset_root(wc.dataset),
-        source=lambda wc: DATASETS[wc.dataset]["source"],
-        extra=lambda wc: (
-            f"--list {shlex.quote(DATASETS[wc.dataset]['list'])}"
-            if DATASETS[wc.dataset]["source"] == "list"
-            else ""
-        ),
-        id_style=lambda wc: DATASETS[wc.dataset]["id_style"],
+        args=manifest_args,
         visfeat=VISFEAT,
     log:
         "logs/manifest/{dataset}.log",
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "{params.visfeat} manifest --source {params.source} --root {params.root:q} {params.extra} "
-        "--id-style {params.id_style} --out {output} > {log} 2>&1"
+        "{params.visfeat} manifest {params.args} --out {output} > {log} 2>&1 || (tail -n 3 {log} >&2; exit 1)"
