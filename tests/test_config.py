@@ -15,7 +15,7 @@ def _cfg(**over):
 
 def test_defaults_filled():
     c = validate_config(_cfg(), SCHEMA)
-    assert c["datasets"]["s"]["shards"] == 1 and c["datasets"]["s"]["id_style"] == "path"
+    assert c["datasets"]["s"]["shards"] == 1 and c["dataset_registry"] == "config/datasets.yaml"
     assert c["extractors"]["effnet-lite0"]["batch_size"] == 8 and c["extractors"]["effnet-lite0"]["preset"] == "effnet-lite0"
     assert c["results"] == "results" and c["kmeans"] == {}
 
@@ -28,6 +28,7 @@ def test_defaults_filled():
     ({"datasets": {"s": {"source": "folder", "path": "/no/such/folder"}}}, "config: datasets.s.path: folder /no/such/folder does not exist"),
     ({"features": [{"datasets": ["nope"], "extractors": ["effnet-lite0"]}]}, "config: features.0.datasets: 'nope' is not defined"),
     ({"bogus": 1}, "config: bogus: unknown key"),
+    ({"datasets": {"s": {"source": "coco_val2041"}}}, "config: datasets.s.source: unknown source 'coco_val2041'"),
 ])
 def test_bad_config_one_clear_line(over, message):
     with pytest.raises(ConfigError) as e:

@@ -15,7 +15,8 @@ import visfeat
 from conftest import REPO, copy_workflow, snakemake
 from http_server import FileServer
 from visfeat.config import load_registry
-from visfeat.datasets import build_manifest, missing_ids, pairs_from_coco_annotation, pairs_from_karpathy
+from visfeat.datasets import build_manifest, missing_ids
+from visfeat.splits import pairs_from_coco_annotation, pairs_from_karpathy
 
 REG = load_registry(str(REPO / "config/datasets.yaml"))
 

@@ -69,6 +69,7 @@ def cmd_export(a) -> int:
 
 def cmd_manifest(a) -> int:
     from . import datasets as D
+    from . import splits
 
     root = Path(a.root)
     if a.source == "folder" and not root.is_dir() and a.missing_message:
@@ -80,10 +81,10 @@ def cmd_manifest(a) -> int:
     elif a.source == "folders":
         pairs = D.pairs_from_folders(root, a.folder, a.id_style)
     elif a.source == "annotation":
-        pairs = D.pairs_from_coco_annotation(root / a.annotation, a.folder[0], a.id_style)
+        pairs = splits.pairs_from_coco_annotation(root / a.annotation, a.folder[0], a.id_style)
     elif a.source == "karpathy":
         folders = dict(f.split("=", 1) for f in a.folder)
-        pairs = D.pairs_from_karpathy(root / a.annotation, a.split, folders)
+        pairs = splits.pairs_from_karpathy(root / a.annotation, a.split, folders)
     else:
         raise SystemExit(f"unknown source {a.source!r}")
     df = D.build_manifest(root, pairs, apply_exif=not a.no_exif)

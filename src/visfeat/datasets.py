@@ -23,7 +23,7 @@ class DatasetError(ValueError):
     pass
 
 
-def _id_for(relpath: str, style: str) -> str:
+def id_for(relpath: str, style: str) -> str:
     rel = relpath.replace(os.sep, "/")
     stem = os.path.splitext(rel)[0]
     if style == "path":
@@ -42,7 +42,7 @@ def assign_ids(relpaths: list[str], style: str = "path") -> list[tuple[str, str]
     """[(image_id, relpath)] sorted by id; a collision names both files."""
     seen: dict[str, str] = {}
     for p in relpaths:
-        i = _id_for(p, style)
+        i = id_for(p, style)
         if i in seen:
             raise DatasetError(f"image id {i!r} is shared by {seen[i]!r} and {p!r} (choose another id_style)")
         seen[i] = p
@@ -89,44 +89,6 @@ def pairs_from_folders(root: str | os.PathLike, folders: list[str], style: str =
         for _, p in scan_folder(Path(root) / folder, "path"):
             rel.append(f"{folder}/{p}")
     return assign_ids(rel, style)
-
-
-def pairs_from_coco_annotation(annotation: str | os.PathLike, images_dir: str, style: str = "coco"
-                               ) -> list[tuple[str, str]]:
-    """The split = the images of a COCO annotation file (read with pycocotools). `coco` ids are the annotation's
-    numeric image ids; other styles derive the id from the file name."""
-    from pycocotools.coco import COCO
-
-    with open(os.devnull, "w") as quiet, _redirect_stdout(quiet):  # pycocotools prints progress to stdout
-        coco = COCO(str(annotation))
-    pairs = []
-    for img_id, img in sorted(coco.imgs.items()):
-        rel = f"{images_dir}/{img['file_name']}"
-        pairs.append((str(img_id) if style == "coco" else _id_for(rel, style), rel))
-    ids = [i for i, _ in pairs]
-    if len(set(ids)) != len(ids):
-        raise DatasetError(f"{annotation}: repeated image ids under id_style {style}")
-    return sorted(pairs)
-
-
-def pairs_from_karpathy(split_file: str | os.PathLike, splits: list[str], folders: dict[str, str]
-                        ) -> list[tuple[str, str]]:
-    """Karpathy's dataset_coco.json: the images whose `split` is in `splits` (restval counts as train when asked
-    for); id = cocoid; `folders` maps the file's `filepath` (train2014, val2014) to a folder under the root."""
-    import json
-
-    data = json.loads(Path(split_file).read_text(encoding="utf-8"))
-    pairs = []
-    for img in data["images"]:
-        if img["split"] in splits:
-            pairs.append((str(img["cocoid"]), f"{folders[img['filepath']]}/{img['filename']}"))
-    return sorted(pairs)
-
-
-def _redirect_stdout(target):
-    import contextlib
-
-    return contextlib.redirect_stdout(target)
 
 
 def missing_ids(manifest) -> list[str]:
