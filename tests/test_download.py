@@ -73,3 +73,10 @@ def test_unpack_is_atomic_and_redone(tmp_path):
     (tmp_path / "junk.bin").write_bytes(b"junk")
     with pytest.raises(DownloadError, match="not a zip or tar"):
         unpack(tmp_path / "junk.bin", tmp_path / "ds3")
+
+
+def test_free_disk_checked_before_downloading(tmp_path):
+    with FileServer({"/big.zip": DATA}) as srv:
+        with pytest.raises(DownloadError, match="not enough free disk .* GB free"):
+            download(srv.url + "/big.zip", tmp_path / "big.zip", size=10**15)  # a petabyte archive
+        assert srv.requests == []  # refused before any byte was asked for
