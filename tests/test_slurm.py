@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+import visfeat
+
 from conftest import copy_workflow, snakemake
 from slurm_cluster import LocalSlurm, unavailable_reason
 from test_extract import stores_identical
@@ -32,6 +34,7 @@ def _workflow(root: Path, tiny_clip) -> Path:
         "datasets": {"sample": {"source": "sample", "shards": 2}},
         "extractors": {"clip-vit-b32": {"batch_size": 2, "workers": 1}},  # 2 CPUs per job: this node has 2
         "features": [{"datasets": ["sample"], "extractors": ["clip-vit-b32"]}],
+        "kmeans": {"grid": {"extractor": "clip-vit-b32", "train": ["sample"], "assign": ["sample"], "k": 8}},
     }
     (wd / "config/config.yaml").write_text(yaml.safe_dump(cfg))
     return wd
@@ -102,9 +105,18 @@ def test_all_features_on_slurm(cluster, tiny_clip, tmp_path, capsys):
         log = (wd / f"logs/extract/sample/clip-vit-b32/{i}.log").read_text()
         assert "CUDA_VISIBLE_DEVICES=0)" in log or "CUDA_VISIBLE_DEVICES=1)" in log  # SLURM gave it a GPU
 
-    km = subprocess.run([str(Path(sys.executable).with_name("snakemake")), "--profile", "slurm", "kmeans"], cwd=wd,
-                        env={**os.environ, "HOME": str(home)}, capture_output=True, text=True)
-    assert km.returncode == 0 and "no k-means configured" in km.stdout + km.stderr
+    before = {j["JobId"] for j in cluster.jobs()}
+    km = subprocess.run(["snakemake", "--profile", "slurm", "kmeans"], cwd=wd, capture_output=True, text=True,
+                        env={**os.environ, "HOME": str(home), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+    assert km.returncode == 0, km.stdout[-3000:] + km.stderr[-3000:]
+    kjobs = _rule_jobs(cluster, before)
+    with capsys.disabled():
+        for j in kjobs:
+            print(f"[slurm]   job {j['JobId']:>6} {j['rule']:<13} partition={j['Partition']:<4} "
+                  f"state={j['JobState']:<10} tres={j.get('TresPerJob', '-')}")
+    assert {j["rule"] for j in kjobs} == {"kmeans_train", "kmeans_assign"}
+    assert all(j["Partition"] == "gpu" and "gpu:1" in j.get("TresPerJob", "") for j in kjobs)
+    assert visfeat.open(wd / "results/kmeans/grid/sample.h5")["chelsea"]["codes"].shape == (7, 7)
 
     # the same run locally gives the same merged file
     local = _workflow(tmp_path / "local", tiny_clip)

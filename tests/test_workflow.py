@@ -52,8 +52,14 @@ def test_plain_commands_work_as_typed(default_run):
     assert "Nothing to be done" in snakemake(wd, "-n", "all_features").stdout + snakemake(wd, "-n", "all_features").stderr
     lint = snakemake(wd, "--lint")
     assert "Congratulations" in lint.stdout + lint.stderr
-    km = snakemake(wd, "kmeans")
-    assert "no k-means configured" in km.stdout + km.stderr
+    snakemake(wd, "kmeans")  # the default config's small k-means job over the sample grids
+    codes = visfeat.open(wd / "results/kmeans/sample-grid/sample.h5")
+    assert sorted(codes) == sorted(visfeat.open(wd / "results/sample/effnet-lite0.h5"))
+    assert codes["chelsea"]["codes"].shape == (7, 7) and codes["chelsea"]["codes"].max() < 16
+    import pickle
+
+    with open(wd / "results/kmeans/sample-grid/sample_codes.pkl", "rb") as f:
+        assert pickle.load(f)["chelsea"].tolist() == codes["chelsea"]["codes"].reshape(-1).tolist()
     (wd / "results/sample/effnet-lite0.h5").unlink()
     t = snakemake(wd, "results/sample/effnet-lite0.h5")  # a target file reruns one dataset x extractor
     assert "rule merge" in t.stdout + t.stderr and "rule extract" not in t.stdout + t.stderr

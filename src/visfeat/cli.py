@@ -155,6 +155,22 @@ def cmd_prepare(a) -> int:
     return 0
 
 
+def cmd_kmeans_train(a) -> int:
+    from .kmeans import train
+
+    train(a.stores, a.out, field=a.field, k=a.k, niter=a.niter, seed=a.seed, max_train_vectors=a.max_train_vectors,
+          gpu={"auto": "auto", "yes": True, "no": False}[a.gpu], name=a.name, npy=a.npy)
+    return 0
+
+
+def cmd_kmeans_assign(a) -> int:
+    from .kmeans import assign
+
+    n = assign(a.store, a.centroids, a.out, pickle_path=a.pickle, gpu={"auto": "auto", "yes": True, "no": False}[a.gpu])
+    print(f"codes for {n} images -> {a.out}")
+    return 0
+
+
 def cmd_text(a) -> int:
     from .text import embed_captions
 
@@ -244,6 +260,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--archive", help="where the downloaded archive is kept (resumable .part beside it)")
     p.add_argument("--size", type=int, help="published size in bytes (free-disk check before downloading)")
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("kmeans-train", help="faiss k-means on a bounded sample of stores' vectors")
+    p.add_argument("--name", default="kmeans")
+    p.add_argument("--field", default="grid")
+    p.add_argument("--k", type=int, default=10000)
+    p.add_argument("--niter", type=int, default=20)
+    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--max-train-vectors", type=int, help="sample bound (default k x 256, faiss' own cap)")
+    p.add_argument("--gpu", choices=["auto", "yes", "no"], default="auto")
+    p.add_argument("--out", required=True, help="centroids.h5: centroids, objective per iteration, cluster sizes")
+    p.add_argument("--npy", help="also the centroids as .npy (X-LXMERT)")
+    p.add_argument("stores", nargs="+")
+    p.set_defaults(func=cmd_kmeans_train)
+
+    p = sub.add_parser("kmeans-assign", help="nearest-centroid codes for every vector of a store")
+    p.add_argument("--centroids", required=True)
+    p.add_argument("--out", required=True, help="a store of int32 codes shaped like the field")
+    p.add_argument("--pickle", help="also X-LXMERT's image id -> codes pickle")
+    p.add_argument("--gpu", choices=["auto", "yes", "no"], default="auto")
+    p.add_argument("store")
+    p.set_defaults(func=cmd_kmeans_assign)
 
     p = sub.add_parser("text", help="CLIP text embeddings of captions (Karpathy dataset_*.json or a text file)")
     p.add_argument("--preset", required=True)

@@ -115,6 +115,14 @@ def _check_semantics(cfg: dict, base_dir: str, registry: dict) -> None:
             if e not in cfg["extractors"]:
                 raise ConfigError(f"config: features.{k}.extractors: {e!r} is not defined under extractors")
 
+    for name, km in cfg.get("kmeans", {}).items():
+        if km["extractor"] not in cfg["extractors"]:
+            raise ConfigError(f"config: kmeans.{name}.extractor: {km['extractor']!r} is not defined under extractors")
+        for key in ("train", "assign"):
+            for d in km[key]:
+                if d not in cfg["datasets"]:
+                    raise ConfigError(f"config: kmeans.{name}.{key}: {d!r} is not defined under datasets")
+
     for name, t in cfg.get("text", {}).items():
         if not os.path.isfile(path_of(t["captions"])):
             raise ConfigError(f"config: text.{name}.captions: file {t['captions']} does not exist")

@@ -48,6 +48,7 @@ wildcard_constraints:
     extractor=_alternatives(EXTRACTORS),
     prepared=_alternatives([d for d, v in DATASETS.items() if v["source"] in ("sample", "archive")]),
     archive=_alternatives(ARCHIVES),
+    kmeans=_alternatives(config["kmeans"]),
     i=r"\d+",
 
 
@@ -198,3 +199,41 @@ def get_all_weights():
 def features_of(dataset):
     """The stores all_features builds for one dataset (the features_<dataset> target)."""
     return [f for f in get_all_features() if f.startswith(f"{R}/{dataset}/")]
+
+
+def get_kmeans_train_stores(wildcards):
+    km = config["kmeans"][wildcards.kmeans]
+    return [f"{R}/{d}/{km['extractor']}.h5" for d in km["train"]]
+
+
+def kmeans_train_args(wildcards):
+    km = config["kmeans"][wildcards.kmeans]
+    args = [f"--name {wildcards.kmeans}", f"--field {km['field']}", f"--k {km['k']}", f"--niter {km['niter']}",
+            f"--seed {km['seed']}", f"--gpu {km['gpu']}"]
+    if km.get("max_train_vectors"):
+        args.append(f"--max-train-vectors {km['max_train_vectors']}")
+    return " ".join(args)
+
+
+def get_kmeans_outputs():
+    out = []
+    for name, km in config["kmeans"].items():
+        out.append(f"{R}/kmeans/{name}/centroids.h5")
+        out += [f"{R}/kmeans/{name}/{d}.h5" for d in km["assign"]]
+    return out
+
+
+def check_kmeans_sizes():
+    """Refuse at start a k larger than the training vectors, where the training stores already exist."""
+    from visfeat.kmeans import count_vectors
+
+    for name, km in config["kmeans"].items():
+        paths = [f"{R}/{d}/{km['extractor']}.h5" for d in km["train"]]
+        if all(os.path.exists(p) for p in paths):
+            n = count_vectors(paths, km["field"])
+            if km["k"] > n:
+                raise WorkflowError(f"config: kmeans.{name}.k: k={km['k']} is larger than the {n} training vectors "
+                                    f"available ({km['field']} of {', '.join(km['train'])}): choose k <= {n}")
+
+
+check_kmeans_sizes()

@@ -1,4 +1,50 @@
+rule kmeans_train:
+    # faiss k-means on a bounded, seeded sample of the training datasets' vectors (memory ~ the sample, not the
+    # datasets); faiss-gpu when it sees a GPU (the SLURM profile sends it to the GPU partition)
+    input:
+        get_kmeans_train_stores,
+    output:
+        centroids=f"{R}/kmeans/{{kmeans}}/centroids.h5",
+        npy=f"{R}/kmeans/{{kmeans}}/centroids.npy",
+    params:
+        args=kmeans_train_args,
+        visfeat=VISFEAT,
+    log:
+        "logs/kmeans_train/{kmeans}.log",
+    resources:
+        gpu=1,
+    conda:
+        "../../envs/kmeans.yaml"
+    shell:
+        "{params.visfeat} kmeans-train {params.args} --out {output.centroids} --npy {output.npy} {input} "
+        "> {log} 2>&1 || (tail -n 3 {log} >&2; exit 1)"
+
+
+rule kmeans_assign:
+    # batched nearest-centroid codes for every grid cell of one dataset: a store + X-LXMERT's pickle
+    input:
+        centroids=f"{R}/kmeans/{{kmeans}}/centroids.h5",
+        store=lambda wc: f"{R}/{wc.dataset}/{config['kmeans'][wc.kmeans]['extractor']}.h5",
+    output:
+        codes=f"{R}/kmeans/{{kmeans}}/{{dataset}}.h5",
+        pickle=f"{R}/kmeans/{{kmeans}}/{{dataset}}_codes.pkl",
+    params:
+        gpu=lambda wc: config["kmeans"][wc.kmeans]["gpu"],
+        visfeat=VISFEAT,
+    log:
+        "logs/kmeans_assign/{kmeans}/{dataset}.log",
+    resources:
+        gpu=1,
+    conda:
+        "../../envs/kmeans.yaml"
+    shell:
+        "{params.visfeat} kmeans-assign --centroids {input.centroids} --gpu {params.gpu} --out {output.codes} "
+        "--pickle {output.pickle} {input.store} > {log} 2>&1"
+
+
 rule kmeans:
-    # Target for the faiss k-means jobs under `kmeans:` in the config (none can be configured yet).
+    # every configured k-means job: centroids, and codes for each target dataset
+    input:
+        get_kmeans_outputs(),
     message:
-        "no k-means configured (the kmeans: section of config/config.yaml is empty)"
+        "k-means: " + (", ".join(config["kmeans"]) or "no k-means configured (the kmeans: section is empty)")
