@@ -2,7 +2,9 @@
 byte. Bounded: it serves only files it was given, and stops with the test."""
 from __future__ import annotations
 
+import io
 import threading
+import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -57,3 +59,12 @@ class FileServer:
     def __exit__(self, *exc):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def zip_bytes(files: dict[str, bytes]) -> bytes:
+    """A zip archive in memory, to serve."""
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    return buf.getvalue()

@@ -1,21 +1,13 @@
 import hashlib
-import io
 import tarfile
-import zipfile
 
 import pytest
 
-from http_server import FileServer
+from http_server import FileServer, zip_bytes
 from visfeat.download import ChecksumError, DownloadError, download, unpack
 from visfeat.weights import WeightFile, WeightsMissing, fetch
 
 
-def _zip_bytes(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for n, b in files.items():
-            z.writestr(n, b)
-    return buf.getvalue()
 
 
 DATA = bytes(range(256)) * 4096  # 1 MiB
@@ -57,7 +49,7 @@ def test_weights_fetch_and_offline_message(tmp_path):
 
 def test_unpack_is_atomic_and_redone(tmp_path):
     archive = tmp_path / "a.zip"
-    archive.write_bytes(_zip_bytes({"imgs/a.txt": b"1", "imgs/b.txt": b"2"}))
+    archive.write_bytes(zip_bytes({"imgs/a.txt": b"1", "imgs/b.txt": b"2"}))
     dest = tmp_path / "ds"
     # a killed unpack leaves only the temporary sibling: never a tree at dest
     (tmp_path / ".ds.unpacking" / "imgs").mkdir(parents=True)

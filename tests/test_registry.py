@@ -1,11 +1,8 @@
 """The dataset registry: entries, planning without network, COCO splits through pycocotools, and a registry
 dataset downloaded from 127.0.0.1 end to end."""
 import hashlib
-import io
 import json
-import os
 import re
-import zipfile
 
 import pytest
 import yaml
@@ -13,7 +10,7 @@ from PIL import Image
 
 import visfeat
 from conftest import REPO, copy_workflow, snakemake
-from http_server import FileServer
+from http_server import FileServer, zip_bytes
 from visfeat.config import load_registry
 from visfeat.datasets import build_manifest, missing_ids
 from visfeat.splits import pairs_from_coco_annotation, pairs_from_karpathy
@@ -42,6 +39,7 @@ def test_dry_run_plans_the_whole_registry_without_network(tmp_path):
     cfg = yaml.safe_load((wd / "config/config.yaml").read_text())
     cfg["datasets"] = {name: {"source": name, "shards": 4} for name in REG["datasets"]}
     cfg["features"] = [{"datasets": list(REG["datasets"]), "extractors": ["effnet-lite0"]}]
+    cfg["kmeans"] = {}
     (wd / "config/config.yaml").write_text(yaml.safe_dump(cfg))
     dead = "http://127.0.0.1:9"  # any request would fail at once
     p = snakemake(wd, "-n", env={"http_proxy": dead, "https_proxy": dead, "HTTP_PROXY": dead, "HTTPS_PROXY": dead})
@@ -96,21 +94,15 @@ def test_karpathy_split(tmp_path):
     assert [i for i, _ in pairs_from_karpathy(f, ["train", "restval"], folders)] == ["7", "9"]
 
 
-def _zip(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        for n, b in files.items():
-            z.writestr(n, b)
-    return buf.getvalue()
 
 
 @pytest.mark.workflow
 def test_registry_dataset_end_to_end_over_local_http(tmp_path):
     src = tmp_path / "src"
     anns = _coco_files(src, {"val2014": [42, 391895, 7], "train2014": [9]})
-    images = _zip({f"val2014/{p.name}": p.read_bytes() for p in (src / "val2014").iterdir()
+    images = zip_bytes({f"val2014/{p.name}": p.read_bytes() for p in (src / "val2014").iterdir()
                    if p.name != "COCO_val2014_000000000007.jpg"})  # id 7 is in the annotation, not the archive
-    annotations = _zip({"annotations/captions_val2014.json": anns["val2014"].read_bytes()})
+    annotations = zip_bytes({"annotations/captions_val2014.json": anns["val2014"].read_bytes()})
     (tmp_path / "wf").mkdir()
     wd = copy_workflow(tmp_path / "wf")
     with FileServer({"/val.zip": images, "/ann.zip": annotations}) as srv:
@@ -141,6 +133,7 @@ def test_signup_dataset_missing_prints_instructions(tmp_path):
     cfg = yaml.safe_load((wd / "config/config.yaml").read_text())
     cfg["datasets"] = {"nlvr2_dev": {"source": "nlvr2_dev"}}
     cfg["features"] = [{"datasets": ["nlvr2_dev"], "extractors": ["effnet-lite0"]}]
+    cfg["kmeans"] = {}
     (wd / "config/config.yaml").write_text(yaml.safe_dump(cfg))
     p = snakemake(wd, check=False)
     out = p.stdout + p.stderr

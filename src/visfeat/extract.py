@@ -25,7 +25,7 @@ import numpy as np
 from . import __version__
 from .extractors.base import Extractor, FieldSpec
 from .images import ImageError, load_image
-from .store import StoreWriter, atomic_path
+from .store import writing
 
 # Test-only throttle: seconds to sleep after each flushed batch, so a test can land a kill mid-shard.
 THROTTLE_ENV = "VISFEAT_TEST_BATCH_DELAY"
@@ -392,12 +392,10 @@ def run_extraction(
 
 def _assemble(parts: _Parts, specs: list[FieldSpec], out: Path, attrs: dict, storage_dtype: str,
               compression: str | None) -> tuple[int, int]:
-    tmp = atomic_path(out)
-    w = StoreWriter(tmp, specs, attrs, storage_dtype=storage_dtype, compression=compression)
-    n_ok = n_failed = 0
-    try:
-        failed_ids: list[str] = []
-        failed_reasons: list[str] = []
+    n_ok = 0
+    failed_ids: list[str] = []
+    failed_reasons: list[str] = []
+    with writing(out, specs, attrs, storage_dtype=storage_dtype, compression=compression) as w:
         for f in parts.batches():
             with np.load(f) as z:
                 ids = [str(x) for x in z["image_id"]]
@@ -408,11 +406,4 @@ def _assemble(parts: _Parts, specs: list[FieldSpec], out: Path, attrs: dict, sto
                 failed_reasons += [str(x) for x in z["failed_reason"]]
                 n_ok += len(ids)
         w.add_failures(failed_ids, failed_reasons)
-        n_failed = len(failed_ids)
-        w.close()
-        os.replace(tmp, out)
-    except BaseException:
-        w.close()
-        tmp.unlink(missing_ok=True)
-        raise
-    return n_ok, n_failed
+    return n_ok, len(failed_ids)

@@ -21,7 +21,7 @@ import numpy as np
 
 from . import __version__
 from .fields import FieldSpec
-from .store import FeatureStore, StoreWriter, atomic_path, iter_rows
+from .store import FeatureStore, atomic_path, iter_rows, writing
 
 
 class KMeansError(ValueError):
@@ -145,11 +145,9 @@ def assign(store_path: str, centroids_path: str, out: str, pickle_path: str | No
     attrs = {k: v for k, v in src.attrs.items() if k in ("preset", "extractor", "config", "weights_sha256")}
     attrs.update({"kmeans": settings["name"], "kmeans_settings": json.dumps(settings),
                   "visfeat_version": __version__, "source_store": store_path})
-    tmp = atomic_path(out)
-    w = StoreWriter(tmp, [code_spec], attrs)
     codes_by_id: dict[str, np.ndarray] = {}
     n = 0
-    try:
+    with writing(out, [code_spec], attrs) as w:
         for ids, paths, hw, fields, counts in iter_rows(src, chunk):
             v = _vectors(fields, field)
             _, labels = index.search(np.ascontiguousarray(v, dtype=np.float32), 1)
@@ -161,12 +159,6 @@ def assign(store_path: str, centroids_path: str, out: str, pickle_path: str | No
             n += len(ids)
         failed = src.failed
         w.add_failures([i for i, _ in failed], [r for _, r in failed])
-        w.close()
-        os.replace(tmp, out)
-    except BaseException:
-        w.close()
-        Path(tmp).unlink(missing_ok=True)
-        raise
     if pickle_path:  # X-LXMERT: img_id -> (cells,) cluster ids
         with open(pickle_path, "wb") as f:
             pickle.dump(codes_by_id, f)

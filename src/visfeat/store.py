@@ -14,6 +14,7 @@ import json
 import os
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -250,6 +251,41 @@ def atomic_path(path: str | os.PathLike) -> Path:
     return p.with_name(f".{p.name}.tmp-{os.getpid()}")
 
 
+@contextmanager
+def writing(out: str | os.PathLike, specs: list[FieldSpec], attrs: dict[str, Any], **kw) -> Iterator[StoreWriter]:
+    """A StoreWriter on a temporary sibling of `out`, renamed to `out` only when the block completes: a store
+    appears whole or not at all."""
+    tmp = atomic_path(out)
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    w = StoreWriter(tmp, specs, attrs, **kw)
+    try:
+        yield w
+        w.close()
+        os.replace(tmp, out)
+    except BaseException:
+        w.close()
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _validate_rows(path: str, specs: list[FieldSpec], ids: list[str], fields: dict, seen: set[str]) -> None:
+    """Every id once (`seen` accumulates), declared shapes, finite values."""
+    for i in ids:
+        if i in seen:
+            raise StoreError(f"image id {i!r} appears more than once (in {path})")
+        seen.add(i)
+    for spec in specs:
+        arr = fields[spec.name]
+        if tuple(arr.shape[1:]) != tuple(spec.shape):
+            raise StoreError(f"{path}: field {spec.name} has shape {arr.shape[1:]}, declared {spec.shape}")
+        if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            where = ""
+            if not spec.ragged:
+                row = int(np.flatnonzero(~np.isfinite(arr.reshape(len(arr), -1)).all(1))[0])
+                where = f" (image {ids[row]!r})"
+            raise StoreError(f"{path}: non-finite values in field {spec.name}{where}")
+
+
 def merge(shards: list[str | os.PathLike], out: str | os.PathLike, expected_ids: list[str] | None = None,
           chunk: int = 256) -> dict[str, int]:
     """Concatenate shard stores into `out` (atomically), validating as it streams.
@@ -269,52 +305,31 @@ def merge(shards: list[str | os.PathLike], out: str | os.PathLike, expected_ids:
                 raise StoreError(f"{s.path}: attribute {k!r} differs from {stores[0].path}: cannot merge")
     specs = stores[0].specs
     attrs = {k: v for k, v in first.items() if k not in ("format", "format_version", "fields", "storage_dtype", "created")}
-    tmp = atomic_path(out)
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    w = StoreWriter(tmp, specs, attrs, storage_dtype=first.get("storage_dtype", "float32"),
-                    compression=first.get("compression") or None)
     seen: set[str] = set()
     n_rows = n_failed = 0
     try:
-        for s in stores:
-            for ids, paths, hw, fields, counts in iter_rows(s, chunk):
-                for i in ids:
+        with writing(out, specs, attrs, storage_dtype=first.get("storage_dtype", "float32"),
+                     compression=first.get("compression") or None) as w:
+            for s in stores:
+                for ids, paths, hw, fields, counts in iter_rows(s, chunk):
+                    _validate_rows(s.path, specs, ids, fields, seen)
+                    w.append(ids, paths, hw, fields, counts)
+                    n_rows += len(ids)
+                failed = s.failed
+                for i, _ in failed:
                     if i in seen:
-                        raise StoreError(f"image id {i!r} appears more than once (in {s.path})")
+                        raise StoreError(f"image id {i!r} is both extracted and failed, or failed twice (in {s.path})")
                     seen.add(i)
-                for spec in specs:
-                    arr = fields[spec.name]
-                    if tuple(arr.shape[1:]) != tuple(spec.shape):
-                        raise StoreError(f"{s.path}: field {spec.name} has shape {arr.shape[1:]}, declared {spec.shape}")
-                    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-                        where = ""
-                        if not spec.ragged:
-                            row = int(np.flatnonzero(~np.isfinite(arr.reshape(len(arr), -1)).all(1))[0])
-                            where = f" (image {ids[row]!r})"
-                        raise StoreError(f"{s.path}: non-finite values in field {spec.name}{where}")
-                w.append(ids, paths, hw, fields, counts)
-                n_rows += len(ids)
-            failed = s.failed
-            for i, _ in failed:
-                if i in seen:
-                    raise StoreError(f"image id {i!r} is both extracted and failed, or failed twice (in {s.path})")
-                seen.add(i)
-            w.add_failures([i for i, _ in failed], [r for _, r in failed])
-            n_failed += len(failed)
-        if expected_ids is not None:
-            exp = set(expected_ids)
-            missing = exp - seen
-            extra = seen - exp
-            if missing:
-                raise StoreError(f"{len(missing)} manifest ids missing from the shards, e.g. {sorted(missing)[:5]}")
-            if extra:
-                raise StoreError(f"{len(extra)} ids not in the manifest, e.g. {sorted(extra)[:5]}")
-        w.close()
-        os.replace(tmp, out)
-    except BaseException:
-        w.close()
-        Path(tmp).unlink(missing_ok=True)
-        raise
+                w.add_failures([i for i, _ in failed], [r for _, r in failed])
+                n_failed += len(failed)
+            if expected_ids is not None:
+                exp = set(expected_ids)
+                missing = exp - seen
+                extra = seen - exp
+                if missing:
+                    raise StoreError(f"{len(missing)} manifest ids missing from the shards, e.g. {sorted(missing)[:5]}")
+                if extra:
+                    raise StoreError(f"{len(extra)} ids not in the manifest, e.g. {sorted(extra)[:5]}")
     finally:
         for s in stores:
             s.close()
