@@ -37,7 +37,7 @@ def tiny_clip(tmp_path_factory):
 
     d = tmp_path_factory.mktemp("clip")
     out = {}
-    for kind in ("rn", "vit32", "vit16"):
+    for kind in ("rn", "rn288", "vit32", "vit16", "vit14"):
         sd = tiny_clip_state_dict(kind)
         out[kind] = (save_torchscript(sd, d / f"{kind}.pt"), save_state_dict(sd, d / f"{kind}_sd.pt"))
     return out

@@ -15,10 +15,12 @@ import visfeat
 from tiny_models import original_clip_module
 
 PHOTOS = ["chelsea.png", "rocket.jpg", "coffee.png", "camera.png"]
-CASES = [  # preset, tiny model, native pool, squash 448
+CASES = [  # preset, tiny model, grid pool, squash 448 (clip-rn101 runs clip-rn50's code path at the same size)
     ("clip-rn50", "rn", 1, False),
+    ("clip-rn50x4", "rn288", 1, False),
     ("clip-vit-b32", "vit32", 1, False),
     ("clip-vit-b16", "vit16", 2, False),
+    ("clip-vit-l14", "vit14", 2, False),
     ("clip-rn101-448", "rn", 2, True),
     ("clip-vit-b32-448", "vit32", 2, True),
 ]
@@ -71,7 +73,7 @@ def test_clip_matches_original(preset, kind, pool, squash, tiny_clip, sample_dir
         g = np.stack([o["global"] for o in outs])
         grid = np.stack([o["grid"] for o in outs])
         assert grid.shape == ref_grid.shape == (4, *ex.fields()[1].shape)
-        assert ref_grid.shape[1:3] == (7, 7)
+        assert ref_grid.shape[1:3] == {"clip-rn50x4": (9, 9), "clip-vit-l14": (8, 8)}.get(preset, (7, 7))
         np.testing.assert_allclose(g, ref_g, rtol=1e-4, atol=1e-5)
         np.testing.assert_allclose(grid, ref_grid, rtol=1e-4, atol=1e-5)
 

@@ -22,19 +22,21 @@ def original_clip_module():
 
 
 # (vision_layers, vision_width, patch) -> tiny but inferable by build_model: text width 64 (1 head), vocab 49408
-TINY = {
-    "rn": ((1, 1, 1, 1), 8, None),
-    "vit32": (1, 64, 32),
-    "vit16": (1, 64, 16),
+TINY = {  # kind: (vision_layers, vision_width, patch, image_resolution)
+    "rn": ((1, 1, 1, 1), 8, None, 224),
+    "rn288": ((1, 1, 1, 1), 8, None, 288),  # RN50x4's input size
+    "vit32": (1, 64, 32, 224),
+    "vit16": (1, 64, 16, 224),
+    "vit14": (1, 64, 14, 224),  # ViT-L/14's patch: a 16x16 grid
 }
 
 
 def tiny_clip_state_dict(kind: str, seed: int = 0) -> dict[str, torch.Tensor]:
     m = original_clip_module()
     torch.manual_seed(seed)
-    layers, width, patch = TINY[kind]
+    layers, width, patch, resolution = TINY[kind]
     model = m.CLIP(
-        embed_dim=32, image_resolution=224, vision_layers=layers, vision_width=width, vision_patch_size=patch,
+        embed_dim=32, image_resolution=resolution, vision_layers=layers, vision_width=width, vision_patch_size=patch,
         context_length=77, vocab_size=49408, transformer_width=64, transformer_heads=1, transformer_layers=1,
     )
     with torch.no_grad():  # random BN statistics so frozen batch norms are not identities
