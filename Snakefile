@@ -4,6 +4,9 @@ from snakemake.utils import min_version
 min_version("9.19")
 
 
+report: "workflow/report/workflow.rst"
+
+
 configfile: "config/config.yaml"
 
 
@@ -15,6 +18,7 @@ include: "workflow/rules/extract.smk"
 include: "workflow/rules/merge.smk"
 include: "workflow/rules/text.smk"
 include: "workflow/rules/kmeans.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all_features:

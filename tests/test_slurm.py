@@ -114,8 +114,12 @@ def test_all_features_on_slurm(cluster, tiny_clip, tmp_path, capsys):
         for j in kjobs:
             print(f"[slurm]   job {j['JobId']:>6} {j['rule']:<13} partition={j['Partition']:<4} "
                   f"state={j['JobState']:<10} tres={j.get('TresPerJob', '-')}")
-    assert {j["rule"] for j in kjobs} == {"kmeans_train", "kmeans_assign"}
-    assert all(j["Partition"] == "gpu" and "gpu:1" in j.get("TresPerJob", "") for j in kjobs)
+    assert {j["rule"] for j in kjobs} == {"kmeans_train", "kmeans_assign", "report_kmeans"}
+    for j in kjobs:
+        if j["rule"] == "report_kmeans":
+            assert j["Partition"] == "cpu"
+        else:
+            assert j["Partition"] == "gpu" and "gpu:1" in j.get("TresPerJob", "")
     assert visfeat.open(wd / "results/kmeans/grid/sample.h5")["chelsea"]["codes"].shape == (7, 7)
 
     # the same run locally gives the same merged file

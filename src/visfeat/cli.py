@@ -171,6 +171,24 @@ def cmd_kmeans_assign(a) -> int:
     return 0
 
 
+def cmd_report(a) -> int:
+    from .report import feature_report, kmeans_report
+
+    if a.centroids:
+        paths = kmeans_report(a.centroids, a.store, a.out_dir, root=a.root)
+    else:
+        paths = feature_report(a.store, a.out_dir, root=a.root, logs=a.log)
+    print("\n".join(str(p) for p in paths))
+    return 0
+
+
+def cmd_show(a) -> int:
+    from .report import show
+
+    print(show(a.file, a.image_id, a.out or f"{a.image_id.replace('/', '_')}.png", root=a.root))
+    return 0
+
+
 def cmd_text(a) -> int:
     from .text import embed_captions
 
@@ -281,6 +299,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu", choices=["auto", "yes", "no"], default="auto")
     p.add_argument("store")
     p.set_defaults(func=cmd_kmeans_assign)
+
+    p = sub.add_parser("report", help="(workflow) figures for a store, or for a k-means job with --centroids")
+    p.add_argument("--store", help="a feature store (or, with --centroids, a codes store)")
+    p.add_argument("--centroids", help="a k-means centroids.h5")
+    p.add_argument("--root", help="the dataset root, to draw the images themselves")
+    p.add_argument("--log", action="append", default=[], help="extraction logs (throughput per shard)")
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("show", help="draw one image's boxes (or its grid) to a PNG")
+    p.add_argument("file")
+    p.add_argument("image_id")
+    p.add_argument("--root", help="the dataset root the store's image_path is relative to")
+    p.add_argument("--out", help="PNG path (default: IMAGE_ID.png)")
+    p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("text", help="CLIP text embeddings of captions (Karpathy dataset_*.json or a text file)")
     p.add_argument("--preset", required=True)

@@ -167,12 +167,16 @@ def extract_args(wildcards, input):
     return " ".join(args)
 
 
+REPORT_FIGURES = ("samples", "norms", "failures", "throughput")
+
+
 def get_all_features():
     out = []
     for entry in config["features"]:
         for d in entry["datasets"]:
             for e in entry["extractors"]:
                 out.append(f"{R}/{d}/{e}.h5")
+                out += [f"{R}/report/{d}/{e}/{fig}.png" for fig in REPORT_FIGURES]
     for name, t in config["text"].items():
         out += [f"{R}/text/{name}/{e}.h5" for e in t["extractors"]]
     return list(dict.fromkeys(out))
@@ -219,6 +223,7 @@ def get_kmeans_outputs():
     out = []
     for name, km in config["kmeans"].items():
         out.append(f"{R}/kmeans/{name}/centroids.h5")
+        out += [f"{R}/report/kmeans/{name}/{fig}.png" for fig in ("objective", "cluster_sizes", "codes")]
         out += [f"{R}/kmeans/{name}/{d}.h5" for d in km["assign"]]
     return out
 
@@ -237,3 +242,31 @@ def check_kmeans_sizes():
 
 
 check_kmeans_sizes()
+
+
+def report_feature_args(wildcards):
+    n = DATASETS[wildcards.dataset]["shards"]
+    logs = [f"logs/extract/{wildcards.dataset}/{wildcards.extractor}/{i}.log" for i in range(n)]
+    out_dir = f"{R}/report/{wildcards.dataset}/{wildcards.extractor}"
+    return " ".join(
+        [f"--root {shlex.quote(dataset_root(wildcards.dataset))}", f"--out-dir {shlex.quote(out_dir)}"]
+        + [f"--log {shlex.quote(p)}" for p in logs]
+    )
+
+
+def get_report_kmeans_input(wildcards):
+    km = config["kmeans"][wildcards.kmeans]
+    inputs = {"centroids": f"{R}/kmeans/{wildcards.kmeans}/centroids.h5"}
+    if km["assign"]:
+        inputs["codes"] = f"{R}/kmeans/{wildcards.kmeans}/{km['assign'][0]}.h5"
+    return inputs
+
+
+def report_kmeans_args(wildcards):
+    km = config["kmeans"][wildcards.kmeans]
+    args = [f"--out-dir {shlex.quote(f'{R}/report/kmeans/{wildcards.kmeans}')}"]
+    if km["assign"]:
+        d = km["assign"][0]
+        args += [f"--store {shlex.quote(f'{R}/kmeans/{wildcards.kmeans}/{d}.h5')}",
+                 f"--root {shlex.quote(dataset_root(d))}"]
+    return " ".join(args)

@@ -1,0 +1,45 @@
+"""`snakemake --report` from a tiny run: every expected figure is in it, a valid image of sensible size."""
+import io
+import subprocess
+import sys
+import zipfile
+
+import pytest
+from PIL import Image
+
+from conftest import copy_workflow, snakemake
+from visfeat.report import grid_extent
+
+FEATURE_FIGURES = {"samples.png", "norms.png", "failures.png", "throughput.png"}
+KMEANS_FIGURES = {"objective.png", "cluster_sizes.png", "codes.png"}
+
+
+@pytest.mark.workflow
+def test_report_has_every_figure(tmp_path):
+    wd = copy_workflow(tmp_path)
+    snakemake(wd)  # default config: effnet-lite0 over the sample photos
+    snakemake(wd, "kmeans")
+    snakemake(wd, "--report", "report.zip", "all_features", "kmeans")
+    with zipfile.ZipFile(wd / "report.zip") as z:
+        pngs = {n.rsplit("/", 1)[-1]: n for n in z.namelist() if n.endswith(".png")}
+        assert FEATURE_FIGURES | KMEANS_FIGURES <= set(pngs)
+        assert any(n.endswith("report.html") for n in z.namelist())
+        for name in FEATURE_FIGURES | KMEANS_FIGURES:
+            im = Image.open(io.BytesIO(z.read(pngs[name])))
+            im.verify()
+            im = Image.open(io.BytesIO(z.read(pngs[name])))
+            assert im.format == "PNG" and im.width >= 400 and im.height >= 150, (name, im.size)
+            assert len(set(im.convert("L").getdata())) > 8, name  # not a blank canvas
+
+    out = tmp_path / "chelsea.png"
+    subprocess.run([sys.executable, "-m", "visfeat", "show", str(wd / "results/sample/effnet-lite0.h5"), "chelsea",
+                    "--root", str(wd / "resources/datasets/sample"), "--out", str(out)], check=True,
+                   env={"PYTHONPATH": str(wd / "src"), "PATH": ""}, capture_output=True)
+    assert Image.open(out).size[0] >= 400
+
+
+def test_grid_extent_follows_the_crop():
+    assert grid_extent({"image_size": 224, "resize_size": 256}, 300, 400) == (
+        pytest.approx((400 - 262.5) / 2), pytest.approx((400 + 262.5) / 2), pytest.approx(281.25), pytest.approx(18.75))
+    assert grid_extent({"image_size": 448, "squash_resize": True}, 300, 400) == (0, 400, 300, 0)
+    assert grid_extent({"image_size": 224}, 300, 400) == (50, 350, 300, 0)
