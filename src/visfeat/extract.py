@@ -187,33 +187,21 @@ class _Parts:
             f.write(data)
         os.replace(tmp, path)
 
-    def batches(self) -> list[Path]:
-        files = sorted(self.dir.glob("b*.npz"))
-        # only a contiguous run b0000000.. counts; anything after a gap is redone
-        good = []
-        for k, f in enumerate(files):
-            if f.name != f"b{k:07d}.npz" or not self._readable(f):
+    def scan(self) -> tuple[list[Path], int]:
+        """The flushed batches and how many items they cover, in one pass. Only a contiguous, loadable run
+        b0000000.. counts: a file cut short by a machine crash (no fsync: renames of page-cache data survive a
+        killed job, not a lost node), and everything after it or after a gap, is redone."""
+        good, items = [], 0
+        for k, f in enumerate(sorted(self.dir.glob("b*.npz"))):
+            if f.name != f"b{k:07d}.npz":
+                break
+            try:
+                with np.load(f) as z:
+                    items += int(z["n_items"])
+            except Exception:
                 break
             good.append(f)
-        return good
-
-    @staticmethod
-    def _readable(f: Path) -> bool:
-        """A batch file cut short by a machine crash (no fsync: renames of page-cache data survive a killed job,
-        not a lost node) fails to load; it and everything after it is redone."""
-        try:
-            with np.load(f) as z:
-                int(z["n_items"])
-            return True
-        except Exception:
-            return False
-
-    def done_items(self) -> int:
-        total = 0
-        for f in self.batches():
-            with np.load(f) as z:
-                total += int(z["n_items"])
-        return total
+        return good, items
 
     def write(self, k: int, arrays: dict[str, np.ndarray]) -> None:
         import io
@@ -307,8 +295,7 @@ def run_extraction(
     opts = extractor.config
     sig = _signature(extractor, items, {"storage_dtype": storage_dtype, "name": name or extractor.preset})
     parts = _Parts(out, sig)
-    flushed = parts.batches()
-    start = parts.done_items()
+    flushed, start = parts.scan()
     n = len(items)
 
     need = expected_bytes(specs, n, storage_dtype)
@@ -396,7 +383,7 @@ def _assemble(parts: _Parts, specs: list[FieldSpec], out: Path, attrs: dict, sto
     failed_ids: list[str] = []
     failed_reasons: list[str] = []
     with writing(out, specs, attrs, storage_dtype=storage_dtype, compression=compression) as w:
-        for f in parts.batches():
+        for f in parts.scan()[0]:
             with np.load(f) as z:
                 ids = [str(x) for x in z["image_id"]]
                 fields = {s.name: z[f"field/{s.name}"] for s in specs}
