@@ -37,16 +37,27 @@ def cmd_extract(a) -> int:
     from .extract import folder_items, read_list, run_extraction
     from .extractors.registry import load_extractor
 
-    if a.boxes:
-        raise SystemExit(f"--boxes: preset {a.preset!r} takes no boxes (forced-boxes mode is for region presets)")
     if bool(a.images) == bool(a.list):
         raise SystemExit("give exactly one of --images DIR or --list FILE")
     items = folder_items(a.images) if a.images else read_list(a.list, a.root)
+    boxes = None
+    if a.boxes:
+        from .given_boxes import check_covered, read_boxes
+
+        try:
+            boxes = read_boxes(a.boxes)
+            check_covered(boxes, [it.image_id for it in items], a.boxes)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"--boxes: {e}") from None
     if a.device != "cpu":
         from .gpus import claim_gpu
 
         claim_gpu()  # several GPUs, no scheduler: one per job (before CUDA initialises)
     ex = load_extractor(a.preset, weights=a.weights, device=a.device, amp=a.amp, **_kv(a.set))
+    if boxes is not None:
+        if not hasattr(ex, "set_given_boxes"):
+            raise SystemExit(f"--boxes: preset {a.preset!r} takes no boxes (forced-boxes mode is for region presets)")
+        ex.set_given_boxes(boxes)
     res = run_extraction(ex, items, a.out, batch_size=a.batch_size, workers=a.workers, name=a.name,
                          storage_dtype=a.dtype, compression=a.compression)
     return 0 if res else 1
@@ -62,7 +73,7 @@ def cmd_inspect(a) -> int:
 def cmd_export(a) -> int:
     from .exporters import export
 
-    n = export(a.format, a.file, a.out)
+    n = export(a.format, a.file, a.out, split=a.split)
     print(f"exported {n} images to {a.out} ({a.format})")
     return 0
 
@@ -233,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", required=True)
     p.add_argument("file")
     p.add_argument("out")
+    p.add_argument("--split", help="vissl-npy: the split in the file names (default train)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("manifest", help="(workflow) list a dataset's images into manifest.parquet")

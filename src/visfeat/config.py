@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 # keys of an extractor instance that are not preset options
-INSTANCE_KEYS = ("preset", "weights", "batch_size", "workers", "amp", "device", "dtype", "compression")
+INSTANCE_KEYS = ("preset", "weights", "boxes", "batch_size", "workers", "amp", "device", "dtype", "compression")
 
 
 class ConfigError(ValueError):
@@ -72,6 +72,7 @@ def validate_config(config: dict, schema_path: str, base_dir: str = ".", registr
 
 def _check_semantics(cfg: dict, base_dir: str, registry: dict) -> None:
     from .extractors.registry import COMMON_OPTIONS, get_preset
+    from .extractors.registry import check_options as check_preset_options
 
     def path_of(p: str) -> str:
         return p if os.path.isabs(p) else os.path.join(base_dir, p)
@@ -104,8 +105,15 @@ def _check_semantics(cfg: dict, base_dir: str, registry: dict) -> None:
             if k not in INSTANCE_KEYS and k not in allowed:
                 raise ConfigError(f"config: extractors.{name}.{k}: unknown key (preset {p.name} options: "
                                   f"{', '.join(sorted(allowed))})")
+        if "boxes" in inst and p.family != "detector":
+            raise ConfigError(f"config: extractors.{name}.boxes: preset {p.name} takes no boxes (forced-boxes mode "
+                              "is for region presets)")
         if "weights" in inst and not os.path.isfile(path_of(inst["weights"])):
             raise ConfigError(f"config: extractors.{name}.weights: file {inst['weights']} does not exist")
+        try:  # the preset's own check of its option values (e.g. VISSL's pooling ops), torch-free
+            check_preset_options(p.name, {k: v for k, v in inst.items() if k not in INSTANCE_KEYS})
+        except ValueError as e:
+            raise ConfigError(f"config: extractors.{name}: {e}") from None
 
     for k, entry in enumerate(cfg["features"]):
         for d in entry["datasets"]:

@@ -89,18 +89,44 @@ class _Images:
 
 
 class _Collate:
-    def __init__(self, collate: Callable):
-        self.collate = collate
+    """Collates the decoded samples of one batch; a dict batch also gets the images' ids under `image_id`
+    (forced-boxes mode looks its boxes up by id)."""
+
+    def __init__(self, collate: Callable, items: list[Item]):
+        self.collate, self.items = collate, items
 
     def __call__(self, samples):
         ok = [(i, s, hw) for i, s, hw, err in samples if err is None]
+        batch = self.collate([s for _, s, _ in ok]) if ok else None
+        if isinstance(batch, dict):
+            batch["image_id"] = [self.items[i].image_id for i, _, _ in ok]
         return {
             "n_items": len(samples),
             "ok": [i for i, _, _ in ok],
             "hw": [hw for _, _, hw in ok],
-            "batch": self.collate([s for _, s, _ in ok]) if ok else None,
+            "batch": batch,
             "failed": [(i, err) for i, _, _, err in samples if err is not None],
         }
+
+
+def aspect_order(items: list[Item], window: int, exif: bool = True) -> list[Item]:
+    """Sort each run of `window` items by aspect ratio (w / h, from the headers), so the batches cut from it
+    pad little (detectron2 groups by aspect for the same reason). Deterministic: a resumed run gets the same
+    order. An unreadable header sorts as square; the image fails later with its reason."""
+    from .images import header_size
+
+    def aspect(it: Item) -> float:
+        try:
+            w, h = header_size(it.abspath, apply_exif=exif)
+            return w / max(h, 1)
+        except Exception:
+            return 1.0
+
+    out: list[Item] = []
+    for a in range(0, len(items), window):
+        chunk = items[a:a + window]
+        out += [it for _, it in sorted(((aspect(it), k), it) for k, it in enumerate(chunk))]
+    return out
 
 
 def _identity(x):
@@ -293,6 +319,8 @@ def run_extraction(
     out.parent.mkdir(parents=True, exist_ok=True)
     specs = extractor.fields()
     opts = extractor.config
+    if getattr(extractor, "group_by_aspect", False):
+        items = aspect_order(items, batch_size * 32, bool(opts.get("exif", True)))
     sig = _signature(extractor, items, {"storage_dtype": storage_dtype, "name": name or extractor.preset})
     parts = _Parts(out, sig)
     flushed, start = parts.scan()
@@ -320,7 +348,7 @@ def run_extraction(
     loader = DataLoader(ds, sampler=range(start, n), batch_size=None, num_workers=workers, collate_fn=_identity,
                         prefetch_factor=max(2, 2 * batch_size // workers) if workers else None,
                         multiprocessing_context=worker_start if workers else None)
-    collate = _Collate(extractor.collate)
+    collate = _Collate(extractor.collate, items)
     fwd = _Forward(extractor, batch_size)
     progress = _Progress(n, start, name or extractor.preset)
     t0 = time.time()

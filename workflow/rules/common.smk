@@ -34,7 +34,11 @@ RES = config["resources"]
 DATASETS = config["datasets"]
 EXTRACTORS = config["extractors"]
 VISFEAT = f"PYTHONPATH={shlex.quote(VISFEAT_SRC)}${{PYTHONPATH:+:$PYTHONPATH}} python -m visfeat"
-ENV_OF_FAMILY = {"clip": "../../envs/clip.yaml", "timm": "../../envs/timm.yaml"}
+ENV_OF_FAMILY = {
+    "clip": "../../envs/clip.yaml",
+    "timm": "../../envs/timm.yaml",
+    "detector": "../../envs/detector.yaml",
+}
 
 
 def _alternatives(names):
@@ -146,6 +150,12 @@ def get_weights(wildcards):
     return [f"{RES}/weights/{p.name}/{wf.filename}" for wf in p.weights]
 
 
+def get_boxes(wildcards):
+    """Forced-boxes mode: the instance's `boxes` file for this dataset (`{dataset}` in the path is filled)."""
+    inst = EXTRACTORS[wildcards.extractor]
+    return [inst["boxes"].replace("{dataset}", wildcards.dataset)] if "boxes" in inst else []
+
+
 def get_extract_env(wildcards):
     return ENV_OF_FAMILY[preset_of(wildcards.extractor).family]
 
@@ -158,6 +168,8 @@ def extract_args(wildcards, input):
         args.append(f"--weights {shlex.quote(weights[0])}")
     args += [f"--batch-size {inst['batch_size']}", f"--workers {inst['workers']}", f"--dtype {inst['dtype']}",
              f"--compression {inst['compression']}"]
+    if input.boxes:
+        args.append(f"--boxes {shlex.quote(input.boxes if isinstance(input.boxes, str) else input.boxes[0])}")
     if inst["amp"]:
         args.append("--amp")
     if inst["device"] != "auto":

@@ -4,6 +4,7 @@ rule extract:
     input:
         shard=f"{R}/{{dataset}}/shards/{{i}}.txt",
         weights=get_weights,
+        boxes=get_boxes,
     output:
         f"{R}/{{dataset}}/{{extractor}}/shards/{{i}}.h5",
     params:

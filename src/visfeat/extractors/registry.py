@@ -31,6 +31,15 @@ class Preset:
     options: dict[str, Any] = field(default_factory=dict)
     weights: tuple[WeightFile, ...] = ()
     weights_note: str = ""
+    check: str = ""  # "module:function" checking the resolved options, torch-free: bad config fails at start
+
+
+def check_options(name: str, options: dict[str, Any] | None = None) -> None:
+    """Run the preset's own option check (if any) on its resolved options; raises ValueError naming the problem."""
+    p = get_preset(name)
+    if p.check:
+        module, func = p.check.split(":")
+        getattr(importlib.import_module(module), func)(resolve_options(name, options))
 
 
 PRESETS: dict[str, Preset] = {}

@@ -1,0 +1,70 @@
+"""RoI box heads: pooling into a res5 head (C4) and the class / box / attribute predictors.
+
+Contract: `Res5ROIHeads(feature_map, rois)` -> (R, C) pooled region features, where `rois` is (R, 5) rows
+(batch index, x1, y1, x2, y2) in input pixels; `Predictor(features)` -> class logits (R, K+1), box deltas
+(R, 4K or 4) and, with attributes, attribute logits (R, A+1).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import roi_align, roi_pool
+
+from .resnet import ResNetSpec, make_stage
+
+
+class Pooler(nn.Module):
+    """One-level RoI pooling: ROIPool (Caffe max pooling, rounded bins), ROIAlign (aligned=False, maskrcnn-benchmark
+    and detectron2 "ROIAlign") or ROIAlignV2 (aligned=True)."""
+
+    def __init__(self, kind: str, resolution: int, scale: float, sampling_ratio: int = 0):
+        super().__init__()
+        if kind not in ("ROIPool", "ROIAlign", "ROIAlignV2"):
+            raise ValueError(f"unknown pooler {kind!r}: ROIPool, ROIAlign or ROIAlignV2")
+        self.kind, self.resolution, self.scale, self.sampling_ratio = kind, resolution, scale, sampling_ratio
+
+    def forward(self, x: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        rois = rois.to(x.dtype)
+        if self.kind == "ROIPool":
+            return roi_pool(x, rois, self.resolution, self.scale)
+        return roi_align(x, rois, self.resolution, self.scale, self.sampling_ratio, aligned=self.kind == "ROIAlignV2")
+
+
+class Res5ROIHeads(nn.Module):
+    """C4 box head (detectron2 Res5ROIHeads): pool from res4, run res5 on each RoI, mean over its H x W; then
+    the predictor. `forward` returns the pooled region features (R, C)."""
+
+    def __init__(self, spec: ResNetSpec, pooler: Pooler, predictor: "Predictor"):
+        super().__init__()
+        self.pooler = pooler
+        self.res5 = make_stage(spec, 5)
+        self.box_predictor = predictor
+
+    def forward(self, x: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        return self.res5(self.pooler(x, rois)).mean(dim=(2, 3))
+
+
+class Predictor(nn.Module):
+    """detectron2 FastRCNNOutputLayers; with `num_attrs`, py-bottom-up-attention's attribute branch
+    (roi_heads/fast_rcnn.py): the argmax class over all K+1 logits (background included) is embedded
+    (C/8), concatenated to the feature, fc_attr (C/4) + ReLU, attr_score (A+1)."""
+
+    def __init__(self, cin: int, num_classes: int, class_agnostic: bool = False, num_attrs: int = 0):
+        super().__init__()
+        self.cls_score = nn.Linear(cin, num_classes + 1)
+        self.bbox_pred = nn.Linear(cin, 4 * (1 if class_agnostic else num_classes))
+        self.num_attrs = num_attrs
+        if num_attrs:
+            self.cls_embedding = nn.Embedding(num_classes + 1, cin // 8)
+            self.fc_attr = nn.Linear(cin + cin // 8, cin // 4)
+            self.attr_score = nn.Linear(cin // 4, num_attrs + 1)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        scores = self.cls_score(x)
+        deltas = self.bbox_pred(x)
+        attrs = None
+        if self.num_attrs:
+            emb = self.cls_embedding(scores.argmax(-1))
+            attrs = self.attr_score(F.relu(self.fc_attr(torch.cat([x, emb.to(x.dtype)], -1))))
+        return scores, deltas, attrs

@@ -1,0 +1,114 @@
+"""ResNet / ResNeXt trunks as the Caffe-era detectors built them, with frozen batch norm.
+
+Module names follow detectron2 (`stem.conv1`, `res2.0.conv1.norm`, `res2.0.shortcut`), so detectron2 pickles load
+by name; other layouts are renamed in `checkpoint`. Variants the originals use:
+- stride placement: `stride_in_1x1` True (MSRA/Caffe weights, detectron2 default) or False (ResNeXt/VinVL);
+- stem max-pool: Caffe's (kernel 3, stride 2, pad 0, ceil_mode) or torchvision's (pad 1);
+- res5 dilation 2 with stride 1 (bottom-up attention's RES5HALVE False; detectron2 RES5_DILATION 2).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+# blocks per stage res2..res5 (detectron2/modeling/backbone/resnet.py build_resnet_backbone)
+BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
+
+
+@dataclass(frozen=True)
+class ResNetSpec:
+    depth: int = 101
+    stem_out: int = 64
+    res2_out: int = 256
+    num_groups: int = 1
+    width_per_group: int = 64
+    stride_in_1x1: bool = True
+    caffe_maxpool: bool = False
+    res5_dilation: int = 1
+
+    def stage(self, i: int) -> tuple[int, int, int]:
+        """(blocks, bottleneck channels, out channels) of stage i = 2..5."""
+        f = 2 ** (i - 2)
+        return BLOCKS[self.depth][i - 2], self.num_groups * self.width_per_group * f, self.res2_out * f
+
+
+class ConvNorm(nn.Conv2d):
+    """Conv without bias followed by a frozen batch norm under `.norm` (detectron2's Conv2d(norm=...))."""
+
+    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, padding: int = 0, dilation: int = 1,
+                 groups: int = 1):
+        super().__init__(cin, cout, k, stride=stride, padding=padding, dilation=dilation, groups=groups, bias=False)
+        self.norm = FrozenBatchNorm2d(cout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(super().forward(x))
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, cin: int, cout: int, bottleneck: int, stride: int, groups: int, stride_in_1x1: bool,
+                 dilation: int = 1):
+        super().__init__()
+        self.shortcut = ConvNorm(cin, cout, 1, stride=stride) if cin != cout else None
+        s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = ConvNorm(cin, bottleneck, 1, stride=s1)
+        self.conv2 = ConvNorm(bottleneck, bottleneck, 3, stride=s3, padding=dilation, dilation=dilation, groups=groups)
+        self.conv3 = ConvNorm(bottleneck, cout, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu_(self.conv1(x))
+        out = F.relu_(self.conv2(out))
+        out = self.conv3(out)
+        out += x if self.shortcut is None else self.shortcut(x)
+        return F.relu_(out)
+
+
+class Stem(nn.Module):
+    def __init__(self, cout: int, caffe_maxpool: bool):
+        super().__init__()
+        self.conv1 = ConvNorm(3, cout, 7, stride=2, padding=3)
+        self.caffe_maxpool = caffe_maxpool
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu_(self.conv1(x))
+        if self.caffe_maxpool:  # py-bottom-up-attention detectron2/modeling/backbone/resnet.py BasicStem
+            return F.max_pool2d(x, kernel_size=3, stride=2, padding=0, ceil_mode=True)
+        return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+
+
+def make_stage(spec: ResNetSpec, i: int) -> nn.Sequential:
+    """Stage res{i}: the first block changes width and (except res2, or a dilated res5) stride."""
+    n, bottleneck, cout = spec.stage(i)
+    cin = spec.stem_out if i == 2 else spec.stage(i - 1)[2]
+    dilation = spec.res5_dilation if i == 5 else 1
+    first_stride = 1 if i == 2 or dilation > 1 else 2
+    blocks = []
+    for b in range(n):
+        blocks.append(Bottleneck(cin if b == 0 else cout, cout, bottleneck, first_stride if b == 0 else 1,
+                                 spec.num_groups, spec.stride_in_1x1, dilation))
+    return nn.Sequential(*blocks)
+
+
+class ResNet(nn.Module):
+    """Stem + res2..res{last}; `forward` returns the last stage's map (C4 detectors stop at res4)."""
+
+    def __init__(self, spec: ResNetSpec, last: int = 4):
+        super().__init__()
+        self.spec = spec
+        self.stem = Stem(spec.stem_out, spec.caffe_maxpool)
+        self.stages = [f"res{i}" for i in range(2, last + 1)]
+        for i in range(2, last + 1):
+            self.add_module(f"res{i}", make_stage(spec, i))
+
+    @property
+    def out_channels(self) -> int:
+        return self.spec.stage(int(self.stages[-1][3:]))[2]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for name in self.stages:
+            x = getattr(self, name)(x)
+        return x

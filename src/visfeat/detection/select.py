@@ -1,0 +1,75 @@
+"""Box selection strategies, by name. Each takes one image's RoI head outputs and returns which RoIs to keep.
+
+Inputs (input-image pixels): `proposals` (P, 4) RPN boxes; `probs` (P, K) foreground class probabilities
+(background column already removed); `class_boxes` (P, K, 4) class-specific regressed boxes, clipped to the
+image. Output `Selection`: `keep` indices into the proposals (their features are the region features), the
+`boxes` to save, and `obj_id` / `obj_conf`.
+
+- `maxnms`: py-bottom-up-attention demo/detectron2_mscoco_proposal_maxnms.py (LXMERT's 36 boxes): per proposal
+  its best class and that class's regressed box, class-agnostic NMS whose threshold rises over
+  `thresholds` until at least `min_boxes` survive, the first `max_boxes` kept. Saved boxes are regressed.
+- `perclass`: bottom-up-attention's generate_tsv.py as MILVLG/bottom-up-attention.pytorch keeps it (10-100):
+  NMS per class on the unregressed proposals gives each proposal the best score with which it survives,
+  `max_conf`; keep `max_conf >= conf_thresh`, clamped to [min_boxes, max_boxes] by max_conf. Saved boxes are
+  the proposals.
+- `topk`: the `max_boxes` proposals with the highest foreground score, no threshold, no NMS.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torchvision.ops import nms
+
+
+@dataclass
+class Selection:
+    keep: torch.Tensor  # (k,) int64 indices into the proposals
+    boxes: torch.Tensor  # (k, 4)
+    obj_id: torch.Tensor  # (k,) int64, 0-based foreground class
+    obj_conf: torch.Tensor  # (k,)
+
+
+def maxnms(proposals, probs, class_boxes, *, min_boxes: int = 36, max_boxes: int = 36,
+           thresholds=tuple(np.arange(0.3, 1.0, 0.1))) -> Selection:
+    # np.arange(0.3, 1.0, 0.1) as in the original (0.6000000000000001 etc. included)
+    conf, cls = probs.max(1)
+    boxes = class_boxes[torch.arange(len(cls), device=cls.device), cls]
+    keep = torch.zeros(0, dtype=torch.int64, device=cls.device)
+    for t in thresholds:
+        keep = nms(boxes, conf, float(t))[:max_boxes]
+        if len(keep) >= min_boxes:
+            break
+    return Selection(keep, boxes[keep], cls[keep], conf[keep])
+
+
+def perclass(proposals, probs, class_boxes, *, min_boxes: int = 10, max_boxes: int = 100,
+             conf_thresh: float = 0.2, nms_thresh: float = 0.3) -> Selection:
+    max_conf = torch.zeros(len(proposals), dtype=probs.dtype, device=probs.device)
+    for c in range(probs.shape[1]):
+        kept = nms(proposals, probs[:, c], nms_thresh)
+        max_conf[kept] = torch.maximum(max_conf[kept], probs[kept, c])
+    keep = torch.nonzero(max_conf >= conf_thresh).flatten()
+    if len(keep) < min_boxes or len(keep) > max_boxes:
+        n = min_boxes if len(keep) < min_boxes else max_boxes
+        keep = torch.from_numpy(np.argsort(max_conf.cpu().numpy())[::-1][:n].copy()).to(probs.device)
+    conf, cls = probs[keep].max(1)
+    return Selection(keep, proposals[keep], cls, conf)
+
+
+def topk(proposals, probs, class_boxes, *, max_boxes: int = 100) -> Selection:
+    conf, cls = probs.max(1)
+    keep = torch.argsort(conf, descending=True, stable=True)[:max_boxes]
+    return Selection(keep, proposals[keep], cls[keep], conf[keep])
+
+
+STRATEGIES = {"maxnms": maxnms, "perclass": perclass, "topk": topk}
+
+
+def select(name: str, proposals, probs, class_boxes, **kwargs) -> Selection:
+    try:
+        fn = STRATEGIES[name]
+    except KeyError:
+        raise ValueError(f"unknown box selection {name!r}; known: {', '.join(STRATEGIES)} (or given boxes)") from None
+    return fn(proposals, probs, class_boxes, **kwargs)
