@@ -77,6 +77,8 @@ def use_gpu(gpu: str | bool = "auto") -> bool:
     import faiss
 
     n = faiss.get_num_gpus() if hasattr(faiss, "get_num_gpus") else 0
+    if isinstance(gpu, str) and gpu != "auto":
+        gpu = {"yes": True, "no": False}[gpu]  # the config's spelling
     return bool(n) if gpu == "auto" else bool(gpu)
 
 

@@ -198,6 +198,9 @@ class FeatureStore(Mapping):
                 out[s.name] = h[s.name][a:b]
             else:
                 out[s.name] = h[s.name][i]
+        for s in self.specs:  # a grid whose H x W varies per image: rows + `{name}_hw`, returned as (H, W, C)
+            if s.ragged and f"{s.name}_hw" in out:
+                out[s.name] = out[s.name].reshape(*(int(v) for v in out[f"{s.name}_hw"]), *s.shape)
         return out
 
     def close(self) -> None:

@@ -210,3 +210,39 @@ register(
         **_BUTD_COMMON,
     )
 )
+
+# ---------------------------------------------------------------------------------------------------------------
+# grid-feats-vqa (Jiang et al.): res5 grids of Visual Genome detectors. Values: its configs/Base-RCNN-grid.yaml,
+# R-50-grid.yaml, X-101-grid.yaml, X-152-grid.yaml, extract_grid_feature.py; URLs from its README.
+_GRID_URL = "https://dl.fbaipublicfiles.com/grid-feats-vqa"
+_GRID_OPTIONS = {
+    "size": "600/1000",  # Base-RCNN-grid.yaml INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST
+    "input_format": "BGR",  # detectron2 config/defaults.py INPUT.FORMAT
+    "pixel_mean": [103.530, 116.280, 123.675],  # detectron2 config/defaults.py MODEL.PIXEL_MEAN
+    "pixel_std": [1.0, 1.0, 1.0],  # detectron2 config/defaults.py MODEL.PIXEL_STD (R-50, X-152 keep it)
+    "stride_in_1x1": True,  # detectron2 config/defaults.py RESNETS.STRIDE_IN_1X1 (MSRA R-50)
+    "res5_dilation": 1,  # extract_grid_feature.py setup(): "force the final residual block to have dilations 1"
+    "pool": None,  # [h, w]: adaptive average pool to a fixed grid (visfeat option; None = the original map)
+}
+_GRID = {  # name: (model dir, options over _GRID_OPTIONS, summary)
+    "gridfeats-r50": ("R-50", {}, "ResNet-50"),
+    "gridfeats-x101": ("X-101", {"stride_in_1x1": False,  # X-101-grid.yaml: "this is a C2 model"
+                                 "pixel_std": [57.375, 57.120, 58.395]},  # X-101-grid.yaml PIXEL_STD
+                       "ResNeXt-101 32x8d"),
+    "gridfeats-x152": ("X-152", {"stride_in_1x1": False}, "ResNeXt-152 32x8d (IN-5k)"),  # X-152-grid.yaml
+}
+for _name, (_dir, _opts, _what) in _GRID.items():
+    register(
+        Preset(
+            name=_name,
+            family="detector",
+            builder="visfeat.extractors.gridfeats:build",
+            summary=f"grid-feats-vqa {_what} Visual Genome detector: res5 grid (dilation 1), 600/1000",
+            fields="grid rows (H*W, 2048) + grid_hw (H, W), or grid (h, w, 2048) with pool",
+            source="facebookresearch/grid-feats-vqa extract_grid_feature.py",
+            license="Apache-2.0 (grid-feats-vqa code and models)",
+            citation="Jiang et al., In Defense of Grid Features for Visual Question Answering, CVPR 2020",
+            options={**_GRID_OPTIONS, **_opts},
+            weights=(WeightFile(f"{_dir}.pth", f"{_GRID_URL}/{_dir}/{_dir}.pth"),),
+        )
+    )
