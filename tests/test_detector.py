@@ -141,11 +141,13 @@ def test_aspect_order_groups_shapes_and_is_stable(tmp_path):
 
 
 def test_vocabularies_ship():
-    from visfeat.extractors.detector import load_vocab
+    from visfeat.vocab import words_for
 
-    objs, attrs = load_vocab("vg_objects.txt"), load_vocab("vg_attributes.txt")
-    assert len(objs) == 1600 and len(attrs) == 400
-    assert len(set(objs)) == 1600 and objs[:3] == ["yolk", "goal", "bathroom"]
+    for preset in ("butd-r101-36", "butd-r101-10-100"):
+        objs, attrs = words_for(preset)
+        assert len(objs) == 1600 and len(attrs) == 400
+        assert len(set(objs)) == 1600 and objs[:3] == ("yolk", "goal", "bathroom")
+    assert words_for("clip-rn50") is None
 
 
 @needs_fixture
@@ -300,3 +302,19 @@ def test_workflow_region_features_and_given_boxes_from_config(tmp_path, sample_d
     for image_id, boxes in given.items():
         np.testing.assert_allclose(g[image_id]["boxes"], np.asarray(boxes, np.float32))
         assert g[image_id]["features"].shape == (len(boxes), 256)
+
+
+def test_report_figures_name_classes_and_attributes_in_words(region_store, tmp_path):
+    from visfeat.report import _label, feature_report
+    from visfeat.store import FeatureStore
+    from visfeat.vocab import words_for
+
+    path, imgs = region_store
+    paths = feature_report(str(path), str(tmp_path / "rep"), root=str(imgs))
+    assert {p.name for p in paths} >= {"samples.png", "classes.png", "norms.png"}
+    for p in paths:
+        im = Image.open(p)
+        assert im.width >= 400 and len(set(im.convert("L").getdata())) > 8, p.name
+    row = FeatureStore(path)["chelsea"]
+    objs, attrs = words_for("butd-r101-36")
+    assert _label(row, 0, words_for("butd-r101-36")) == f"{attrs[row['attr_id'][0]]} {objs[row['obj_id'][0]]}"

@@ -84,8 +84,12 @@ def test_ragged_grid_store_and_kmeans_codes(tiny_r50, sample_dir, tmp_path):
     train([str(tmp_path / "g.h5")], str(tmp_path / "c.h5"), field="grid", k=8, niter=5, seed=0, gpu="no")
     assign(str(tmp_path / "g.h5"), str(tmp_path / "c.h5"), str(tmp_path / "codes.h5"), gpu="no")
     codes = visfeat.open(tmp_path / "codes.h5")
+    from visfeat.report import kmeans_report
+
+    figs = kmeans_report(str(tmp_path / "c.h5"), str(tmp_path / "codes.h5"), str(tmp_path / "rep"), root=str(sample_dir))
+    assert all(Image.open(f).width >= 400 for f in figs)
     for image_id in s:
-        assert codes[image_id]["codes"].shape == (int(np.prod(s[image_id]["grid_hw"])),)
+        assert codes[image_id]["codes"].shape == tuple(s[image_id]["grid_hw"])  # shaped like the grid
 
 
 def test_pool_option_gives_a_fixed_grid(tiny_r50):

@@ -10,7 +10,7 @@ from PIL import Image
 from conftest import copy_workflow, snakemake
 from visfeat.report import grid_extent
 
-FEATURE_FIGURES = {"samples.png", "norms.png", "failures.png", "throughput.png"}
+FEATURE_FIGURES = {"samples.png", "norms.png", "classes.png", "failures.png", "throughput.png"}
 KMEANS_FIGURES = {"objective.png", "cluster_sizes.png", "codes.png"}
 
 

@@ -143,18 +143,22 @@ def assign(store_path: str, centroids_path: str, out: str, pickle_path: str | No
     index.add(centroids)
     src = FeatureStore(store_path)
     spec = _field_spec(src, field)
-    code_spec = FieldSpec("codes", tuple(spec.shape[:-1]), "int32", spec.ragged)
+    code_specs = [FieldSpec("codes", tuple(spec.shape[:-1]), "int32", spec.ragged)]
+    hw_field = f"{field}_hw" if any(s.name == f"{field}_hw" for s in src.specs) else None
+    if hw_field:  # a grid whose H x W varies per image: the codes keep its shape
+        code_specs.append(FieldSpec("codes_hw", (2,), "int32"))
     attrs = {k: v for k, v in src.attrs.items() if k in ("preset", "extractor", "config", "weights_sha256")}
     attrs.update({"kmeans": settings["name"], "kmeans_settings": json.dumps(settings),
                   "visfeat_version": __version__, "source_store": store_path})
     codes_by_id: dict[str, np.ndarray] = {}
     n = 0
-    with writing(out, [code_spec], attrs) as w:
+    with writing(out, code_specs, attrs) as w:
         for ids, paths, hw, fields, counts in iter_rows(src, chunk):
             v = _vectors(fields, field)
             _, labels = index.search(np.ascontiguousarray(v, dtype=np.float32), 1)
             codes = labels[:, 0].astype(np.int32).reshape(fields[field].shape[:-1])
-            w.append(ids, paths, hw, {"codes": codes}, counts)
+            out_fields = {"codes": codes, **({"codes_hw": fields[hw_field]} if hw_field else {})}
+            w.append(ids, paths, hw, out_fields, counts)
             if pickle_path and not spec.ragged:
                 for i, image_id in enumerate(ids):
                     codes_by_id[image_id] = codes[i].reshape(-1).astype(np.int64)

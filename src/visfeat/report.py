@@ -32,8 +32,26 @@ def _image(root: str | None, store: FeatureStore, i: int):
         return None
 
 
+def _words(store: FeatureStore):
+    from .vocab import words_for
+
+    return words_for(str(store.attrs.get("preset", "")))
+
+
+def _label(row: dict, k: int, words) -> str:
+    """'attribute object' in words when the preset ships its vocabularies, else the ids."""
+    if "obj_id" not in row:
+        return ""
+    obj = int(row["obj_id"][k])
+    attr = int(row["attr_id"][k]) if "attr_id" in row else None
+    if words is None:
+        return str(obj) if attr is None else f"{attr}:{obj}"
+    return words[0][obj] if attr is None else f"{words[1][attr]} {words[0][obj]}"
+
+
 def _draw(ax, store: FeatureStore, i: int, root: str | None, max_boxes: int = 10) -> None:
     row = store.row(i)
+    words = _words(store)
     image_id = store.ids[i]
     img = _image(root, store, i)
     if img is not None:
@@ -44,7 +62,7 @@ def _draw(ax, store: FeatureStore, i: int, root: str | None, max_boxes: int = 10
     if "boxes" in row:
         for k, (x1, y1, x2, y2) in enumerate(row["boxes"][:max_boxes]):
             ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.5, color="yellow"))
-            label = str(int(row["obj_id"][k])) if "obj_id" in row else ""
+            label = _label(row, k, words)
             ax.text(x1, y1, label, color="black", fontsize=6, bbox={"facecolor": "yellow", "pad": 1, "lw": 0})
     ax.set_title(f"{image_id} {tuple(int(v) for v in row['image_hw'])}", fontsize=7)
     ax.axis("off")
@@ -93,6 +111,8 @@ def feature_report(store_path: str, out_dir: str, root: str | None = None, logs:
     paths.append(out / "norms.png")
     _save(fig, paths[-1])
 
+    paths.append(_classes(s, out / "classes.png"))
+
     failed = s.failed
     fig, ax = plt.subplots(figsize=(6, 3))
     if failed:
@@ -127,6 +147,28 @@ def feature_report(store_path: str, out_dir: str, root: str | None = None, logs:
     paths.append(out / "throughput.png")
     _save(fig, paths[-1])
     return paths
+
+
+def _classes(s: FeatureStore, path: Path, top: int = 20) -> Path:
+    """The most frequent object classes and attributes over all boxes (region stores)."""
+    names = {sp.name for sp in s.specs}
+    if "obj_id" not in names:
+        fig, ax = plt.subplots(figsize=(6, 2))
+        ax.text(0.5, 0.5, "no regions in this store (no classes or attributes)", ha="center", va="center")
+        ax.axis("off")
+        _save(fig, path)
+        return path
+    words = _words(s)
+    panels = [("obj_id", "object classes", 0)] + ([("attr_id", "attributes", 1)] if "attr_id" in names else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 0.25 * top + 1.2), squeeze=False)
+    for ax, (field, title, w) in zip(axes.flat, panels):
+        counts = Counter(s.h5[field][()].tolist()).most_common(top)
+        labels = [words[w][i] if words else str(i) for i, _ in counts]
+        ax.barh(labels[::-1], [c for _, c in counts][::-1], color="tab:cyan")
+        ax.set(title=f"top {len(counts)} {title} ({len(s.h5[field])} boxes)", xlabel="boxes")
+        ax.tick_params(axis="y", labelsize=7)
+    _save(fig, path)
+    return path
 
 
 def grid_extent(config: dict, h: int, w: int) -> tuple[float, float, float, float]:

@@ -179,7 +179,7 @@ def extract_args(wildcards, input):
     return " ".join(args)
 
 
-REPORT_FIGURES = ("samples", "norms", "failures", "throughput")
+REPORT_FIGURES = ("samples", "norms", "classes", "failures", "throughput")
 
 
 def get_all_features():

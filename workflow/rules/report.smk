@@ -15,6 +15,12 @@ rule report_features:
             category="{dataset}",
             subcategory="{extractor}",
         ),
+        classes=report(
+            f"{R}/report/{{dataset}}/{{extractor}}/classes.png",
+            caption="../report/classes.rst",
+            category="{dataset}",
+            subcategory="{extractor}",
+        ),
         failures=report(
             f"{R}/report/{{dataset}}/{{extractor}}/failures.png",
             caption="../report/failures.rst",

@@ -81,12 +81,6 @@ def pad_batch(images: list[torch.Tensor], divisible: int = 0) -> torch.Tensor:
     return out
 
 
-def load_vocab(name: str) -> list[str]:
-    from importlib.resources import files
-
-    return files("visfeat").joinpath("vocab", name).read_text(encoding="utf-8").splitlines()
-
-
 class RegionExtractor(Extractor):
     group_by_aspect = True  # run_extraction orders images so a batch shares orientation and similar shape
 
