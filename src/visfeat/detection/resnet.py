@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops.misc import FrozenBatchNorm2d
 
 # blocks per stage res2..res5 (detectron2/modeling/backbone/resnet.py build_resnet_backbone)
 BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -34,6 +33,23 @@ class ResNetSpec:
         """(blocks, bottleneck channels, out channels) of stage i = 2..5."""
         f = 2 ** (i - 2)
         return BLOCKS[self.depth][i - 2], self.num_groups * self.width_per_group * f, self.res2_out * f
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """Batch norm with fixed statistics and affine (buffers weight, bias, running_mean, running_var; eps 1e-5).
+    Evaluated with F.batch_norm as detectron2's FrozenBatchNorm2d does without gradients (layers/batch_norm.py),
+    so the float operations, not only the maths, match the originals."""
+
+    def __init__(self, n: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(n))
+        self.register_buffer("bias", torch.zeros(n))
+        self.register_buffer("running_mean", torch.zeros(n))
+        self.register_buffer("running_var", torch.ones(n))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
 
 
 class ConvNorm(nn.Conv2d):

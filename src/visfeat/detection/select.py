@@ -8,10 +8,12 @@ image. Output `Selection`: `keep` indices into the proposals (their features are
 - `maxnms`: py-bottom-up-attention demo/detectron2_mscoco_proposal_maxnms.py (LXMERT's 36 boxes): per proposal
   its best class and that class's regressed box, class-agnostic NMS whose threshold rises over
   `thresholds` until at least `min_boxes` survive, the first `max_boxes` kept. Saved boxes are regressed.
-- `perclass`: bottom-up-attention's generate_tsv.py as MILVLG/bottom-up-attention.pytorch keeps it (10-100):
-  NMS per class on the unregressed proposals gives each proposal the best score with which it survives,
-  `max_conf`; keep `max_conf >= conf_thresh`, clamped to [min_boxes, max_boxes] by max_conf. Saved boxes are
-  the proposals.
+- `perclass`: bottom-up-attention's generate_tsv.py as MILVLG/bottom-up-attention.pytorch keeps it (10-100,
+  utils/extract_utils.py save_roi_features): the proposals are scaled to the original image by its `im_scale`
+  (one factor, get_image_blob's rule), NMS per class with maskrcnn-benchmark's "+1" box areas and `>=`
+  suppression gives each proposal the best score with which it survives, `max_conf`; keep
+  `max_conf >= conf_thresh`, clamped to [min_boxes, max_boxes] by max_conf. Saved boxes are those scaled
+  proposals (no regression, no clipping).
 - `topk`: the `max_boxes` proposals with the highest foreground score, no threshold, no NMS.
 """
 from __future__ import annotations
@@ -26,10 +28,31 @@ from torchvision.ops import nms
 @dataclass
 class Selection:
     keep: torch.Tensor  # (k,) int64 indices into the proposals
-    boxes: torch.Tensor  # (k, 4)
+    boxes: torch.Tensor  # (k, 4) input pixels, or original pixels when `original`
     obj_id: torch.Tensor  # (k,) int64, 0-based foreground class
     obj_conf: torch.Tensor  # (k,)
+    original: bool = False  # boxes already in original-image pixels (no detectron2 postprocess)
 
+
+def milvlg_scale(orig_hw: tuple[int, int], short: int, max_size: int) -> float:
+    """MILVLG utils/extract_utils.py get_image_blob: im_scale from the original size (np.round on the long side)."""
+    lo, hi = min(orig_hw), max(orig_hw)
+    scale = float(short) / float(lo)
+    if np.round(scale * hi) > max_size:
+        scale = float(max_size) / float(hi)
+    return scale
+
+
+def nms_plus_one(boxes: torch.Tensor, scores: torch.Tensor, thresh: float) -> torch.Tensor:
+    """maskrcnn-benchmark's CPU NMS: areas (x2 - x1 + 1)(y2 - y1 + 1), suppress when IoU >= thresh; kept indices
+    in index order. Via torchvision: +1 areas = boxes grown by 1 at x2/y2; `>= t` on float32 IoUs = `> the
+    float32 just below t`."""
+    grown = boxes.float() + torch.tensor([0.0, 0.0, 1.0, 1.0], device=boxes.device)
+    t = np.float32(thresh)
+    if float(t) < thresh:
+        t = np.nextafter(t, np.float32(np.inf))
+    keep = nms(grown, scores.float(), float(np.nextafter(t, np.float32(-np.inf))))
+    return keep.sort().values
 
 def maxnms(proposals, probs, class_boxes, *, min_boxes: int = 36, max_boxes: int = 36,
            thresholds=tuple(np.arange(0.3, 1.0, 0.1))) -> Selection:
@@ -44,18 +67,21 @@ def maxnms(proposals, probs, class_boxes, *, min_boxes: int = 36, max_boxes: int
     return Selection(keep, boxes[keep], cls[keep], conf[keep])
 
 
-def perclass(proposals, probs, class_boxes, *, min_boxes: int = 10, max_boxes: int = 100,
-             conf_thresh: float = 0.2, nms_thresh: float = 0.3) -> Selection:
+def perclass(proposals, probs, class_boxes, *, orig_hw: tuple[int, int], short: int, max_size: int,
+             min_boxes: int = 10, max_boxes: int = 100, conf_thresh: float = 0.2, nms_thresh: float = 0.3
+             ) -> Selection:
+    dets = proposals.float() / milvlg_scale(orig_hw, short, max_size)
     max_conf = torch.zeros(len(proposals), dtype=probs.dtype, device=probs.device)
     for c in range(probs.shape[1]):
-        kept = nms(proposals, probs[:, c], nms_thresh)
-        max_conf[kept] = torch.maximum(max_conf[kept], probs[kept, c])
+        kept = nms_plus_one(dets, probs[:, c], nms_thresh)
+        max_conf[kept] = torch.where(probs[kept, c] > max_conf[kept], probs[kept, c], max_conf[kept])
     keep = torch.nonzero(max_conf >= conf_thresh).flatten()
-    if len(keep) < min_boxes or len(keep) > max_boxes:
-        n = min_boxes if len(keep) < min_boxes else max_boxes
-        keep = torch.from_numpy(np.argsort(max_conf.cpu().numpy())[::-1][:n].copy()).to(probs.device)
+    if len(keep) < min_boxes:
+        keep = torch.argsort(max_conf, descending=True)[:min_boxes]
+    elif len(keep) > max_boxes:
+        keep = torch.argsort(max_conf, descending=True)[:max_boxes]
     conf, cls = probs[keep].max(1)
-    return Selection(keep, proposals[keep], cls, conf)
+    return Selection(keep, dets[keep], cls, conf, original=True)
 
 
 def topk(proposals, probs, class_boxes, *, max_boxes: int = 100) -> Selection:

@@ -178,6 +178,8 @@ _BUTD_OPTIONS = {
     "nms_start": 0.3,  # maxnms script: np.arange(0.3, 1.0, 0.1); iglue starts at 0.5
     "conf_thresh": 0.2,  # ROI_HEADS.SCORE_THRESH_TEST (used by perclass)
     "nms_thresh": 0.3,  # perclass NMS (bottom-up-attention generate_tsv.py)
+    "attr_softmax": "foreground",  # "foreground": softmax over the 400 attributes (the fork's attribute demo);
+    # "all": softmax over all 401 then drop "no attribute" (MILVLG extract_utils.py)
     "keep_cls_prob": False,  # also store the (K, 1601) class probabilities
 }
 _BUTD_COMMON = dict(
@@ -203,7 +205,7 @@ register(
         name="butd-r101-10-100",
         summary="Bottom-up attention R-101 C4 + attributes, 10-100 boxes (per-class NMS, confidence >= 0.2)",
         source="MILVLG/bottom-up-attention.pytorch extract_features.py selection on the py-bottom-up-attention model",
-        options={**_BUTD_OPTIONS, "selection": "perclass", "min_boxes": 10, "max_boxes": 100},
+        options={**_BUTD_OPTIONS, "selection": "perclass", "min_boxes": 10, "max_boxes": 100, "attr_softmax": "all"},
         weights=(WeightFile("faster_rcnn_from_caffe_attr_original.pkl",
                             f"{_BUTD_URL}/faster_rcnn_from_caffe_attr_original.pkl"),),
         weights_note="MIN_BOXES 10 / MAX_BOXES 100 / CONF_THRESH 0.2: bottom-up-attention tools/generate_tsv.py",

@@ -155,11 +155,12 @@ class RegionExtractor(Extractor):
                 sel = selection.Selection(torch.arange(len(fg), device=fg.device), boxes[i].float(), cls, conf)
             else:
                 class_boxes = clip(m.decode(deltas[rows], boxes[i]), in_hw[i])
-                sel = selection.select(self.selection, boxes[i].float(), fg, class_boxes, **self._select_args())
+                sel = selection.select(self.selection, boxes[i].float(), fg, class_boxes,
+                                       **self._select_args(orig_hw[i]))
             outs.append(self._output(sel, rows, regions, probs, attr_logits, in_hw[i], orig_hw[i]))
         return outs
 
-    def _select_args(self) -> dict[str, Any]:
+    def _select_args(self, orig_hw: tuple[int, int]) -> dict[str, Any]:
         o = self.config
         if self.selection == "maxnms":
             start = float(o["nms_start"])
@@ -167,7 +168,7 @@ class RegionExtractor(Extractor):
                     "thresholds": tuple(np.arange(start, 1.0, 0.1))}
         if self.selection == "perclass":
             return {"min_boxes": o["min_boxes"], "max_boxes": o["max_boxes"], "conf_thresh": o["conf_thresh"],
-                    "nms_thresh": o["nms_thresh"]}
+                    "nms_thresh": o["nms_thresh"], "orig_hw": orig_hw, "short": self.short, "max_size": self.max_size}
         return {"max_boxes": o["max_boxes"]}
 
     @staticmethod
@@ -186,17 +187,23 @@ class RegionExtractor(Extractor):
     def _output(self, sel, rows: slice, regions, probs, attr_logits, in_hw, orig_hw) -> dict[str, np.ndarray]:
         keep = sel.keep + rows.start
         sy, sx = orig_hw[0] / in_hw[0], orig_hw[1] / in_hw[1]
-        if self.given_boxes is not None:
+        if sel.original:
+            boxes, ok = sel.boxes, None
+        elif self.given_boxes is not None:
             boxes, ok = sel.boxes * torch.tensor([sx, sy, sx, sy], device=sel.boxes.device), None
         else:  # detectron2 modeling/postprocessing.py detector_postprocess: scale, clip, drop empty
             boxes = clip(sel.boxes * torch.tensor([sx, sy, sx, sy], device=sel.boxes.device), orig_hw)
             ok = nonempty(boxes)
         out = {"features": regions[keep], "boxes": boxes, "obj_id": sel.obj_id, "obj_conf": sel.obj_conf}
         if attr_logits is not None:
-            # py-bottom-up-attention demo_feature_extraction_attr.ipynb: attr logits[..., :-1].softmax(-1).max(-1)
             attr = attr_logits[keep].float()
-            attr = attr[:, :-1] if self.model.spec.bg_last else attr[:, 1:]
-            out["attr_conf"], out["attr_id"] = attr.softmax(-1).max(-1)
+            if self.config["attr_softmax"] == "all":  # MILVLG extract_utils.py: softmax over all, then drop "no attr"
+                attr = attr.softmax(-1)
+                attr = attr[:, :-1] if self.model.spec.bg_last else attr[:, 1:]
+            else:  # py-bottom-up-attention demo_feature_extraction_attr.ipynb: logits[..., :-1].softmax(-1)
+                attr = attr[:, :-1] if self.model.spec.bg_last else attr[:, 1:]
+                attr = attr.softmax(-1)
+            out["attr_conf"], out["attr_id"] = attr.max(-1)
         if self.config.get("keep_cls_prob"):
             out["cls_prob"] = probs[keep]
         if ok is not None:
