@@ -1,8 +1,10 @@
 """A two-stage (Faster R-CNN) detector assembled from the components, with detectron2's module names.
 
 Contract of `C4Detector`:
-- `features(images)`: (N, 3, H, W) normalised, padded input -> res4 map (N, C4, H/16, W/16).
-- `proposals(feat, image_sizes)`: per image (boxes (P, 4), objectness (P,)) in input pixels.
+- `features(images, image_sizes)`: (N, 3, H, W) normalised, zero-padded input -> res4 map (N, C4, H/16, W/16);
+  each image's features as if it ran alone (activations outside its extent are zeroed, see `resnet`).
+- `proposals(feat, image_sizes)`: per image (boxes (P, 4), objectness (P,)) in input pixels, from the anchors
+  inside that image's own feature extent.
 - `regions(feat, boxes_per_image)`: RoI features (sum P, C5), rows in image order.
 - `predict(regions)`: class logits (R, K+1), deltas, attribute logits or None (background index: `bg_last`).
 - `decode(deltas, boxes)`: class-specific regressed boxes (R, K', 4).
@@ -49,11 +51,11 @@ class C4Detector(nn.Module):
     def out_channels(self) -> int:
         return self.spec.resnet.stage(5)[2]
 
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        return self.backbone(images)
+    def features(self, images: torch.Tensor, image_sizes: list[tuple[int, int]] | None = None) -> torch.Tensor:
+        return self.backbone(images, image_sizes)
 
     def proposals(self, feat: torch.Tensor, image_sizes: list[tuple[int, int]]):
-        return self.proposal_generator(feat, image_sizes)
+        return self.proposal_generator(feat, image_sizes, self.backbone.out_sizes(image_sizes))
 
     def regions(self, feat: torch.Tensor, boxes: list[torch.Tensor]) -> torch.Tensor:
         rois = torch.cat([torch.cat([torch.full((len(b), 1), float(i), device=b.device), b.float()], 1)

@@ -5,6 +5,11 @@ by name; other layouts are renamed in `checkpoint`. Variants the originals use:
 - stride placement: `stride_in_1x1` True (MSRA/Caffe weights, detectron2 default) or False (ResNeXt/VinVL);
 - stem max-pool: Caffe's (kernel 3, stride 2, pad 0, ceil_mode) or torchvision's (pad 1);
 - res5 dilation 2 with stride 1 (bottom-up attention's RES5HALVE False; detectron2 RES5_DILATION 2).
+
+Batches of mixed sizes: with `sizes` (each image's unpadded (h, w)), activations outside an image's own extent
+are zeroed before every spatial op (3x3 convs, the stem max-pool) and on the output. A padded image then sees
+exactly the zeros it would see alone at its border, so its valid outputs equal a run on its own (up to
+summation order): padding no longer leaks into the features. `out_sizes` gives each image's output extent.
 """
 from __future__ import annotations
 
@@ -64,6 +69,32 @@ class ConvNorm(nn.Conv2d):
         return self.norm(super().forward(x))
 
 
+Sizes = list[tuple[int, int]]
+
+
+def pool_out(n: int, k: int, s: int, p: int, ceil: bool) -> int:
+    """PyTorch's pooling output length (aten pooling_output_shape), dilation 1."""
+    num = n + 2 * p - (k - 1) - 1 + (s - 1 if ceil else 0)
+    out = num // s + 1
+    if ceil and (out - 1) * s >= n + p:
+        out -= 1
+    return out
+
+
+def strided(sizes: Sizes, stride: int) -> Sizes:
+    """Extent after a conv of stride `stride` whose padding keeps size at stride 1 (1x1 p0, 3x3 p=dilation, 7x7 p3)."""
+    return [((h - 1) // stride + 1, (w - 1) // stride + 1) for h, w in sizes]
+
+
+def mask_outside(x: torch.Tensor, sizes: Sizes | None) -> torch.Tensor:
+    if sizes is None:
+        return x
+    m = x.new_zeros((x.shape[0], 1, x.shape[2], x.shape[3]))
+    for i, (h, w) in enumerate(sizes):
+        m[i, :, :h, :w] = 1
+    return x * m
+
+
 class Bottleneck(nn.Module):
     def __init__(self, cin: int, cout: int, bottleneck: int, stride: int, groups: int, stride_in_1x1: bool,
                  dilation: int = 1):
@@ -74,12 +105,18 @@ class Bottleneck(nn.Module):
         self.conv2 = ConvNorm(bottleneck, bottleneck, 3, stride=s3, padding=dilation, dilation=dilation, groups=groups)
         self.conv3 = ConvNorm(bottleneck, cout, 1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, sizes: Sizes | None = None) -> torch.Tensor:
         out = F.relu_(self.conv1(x))
+        if sizes is not None:
+            out = mask_outside(out, strided(sizes, self.conv1.stride[0]))
         out = F.relu_(self.conv2(out))
         out = self.conv3(out)
         out += x if self.shortcut is None else self.shortcut(x)
         return F.relu_(out)
+
+    @property
+    def stride(self) -> int:
+        return self.conv1.stride[0] * self.conv2.stride[0]
 
 
 class Stem(nn.Module):
@@ -88,11 +125,15 @@ class Stem(nn.Module):
         self.conv1 = ConvNorm(3, cout, 7, stride=2, padding=3)
         self.caffe_maxpool = caffe_maxpool
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu_(self.conv1(x))
+    def forward(self, x: torch.Tensor, sizes: Sizes | None = None) -> torch.Tensor:
+        x = mask_outside(F.relu_(self.conv1(x)), None if sizes is None else strided(sizes, 2))
         if self.caffe_maxpool:  # py-bottom-up-attention detectron2/modeling/backbone/resnet.py BasicStem
             return F.max_pool2d(x, kernel_size=3, stride=2, padding=0, ceil_mode=True)
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
+
+    def out_sizes(self, sizes: Sizes) -> Sizes:
+        k, p, ceil = (3, 0, True) if self.caffe_maxpool else (3, 1, False)
+        return [(pool_out(h, k, 2, p, ceil), pool_out(w, k, 2, p, ceil)) for h, w in strided(sizes, 2)]
 
 
 def make_stage(spec: ResNetSpec, i: int) -> nn.Sequential:
@@ -123,8 +164,23 @@ class ResNet(nn.Module):
     def out_channels(self) -> int:
         return self.spec.stage(int(self.stages[-1][3:]))[2]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
+    def forward(self, x: torch.Tensor, sizes: Sizes | None = None) -> torch.Tensor:
+        """`sizes`: each image's unpadded (h, w) when the batch is padded (see the module docstring)."""
+        if sizes is not None and all(tuple(hw) == tuple(x.shape[2:]) for hw in sizes):
+            sizes = None  # nothing padded: the plain path
+        x = self.stem(x, sizes)
+        if sizes is not None:
+            sizes = self.stem.out_sizes(sizes)
         for name in self.stages:
-            x = getattr(self, name)(x)
-        return x
+            for block in getattr(self, name):
+                x = block(x, sizes)
+                if sizes is not None:
+                    sizes = strided(sizes, block.stride)
+        return mask_outside(x, sizes)
+
+    def out_sizes(self, sizes: Sizes) -> Sizes:
+        sizes = self.stem.out_sizes(sizes)
+        for name in self.stages:
+            for block in getattr(self, name):
+                sizes = strided(sizes, block.stride)
+        return sizes

@@ -72,21 +72,23 @@ class RPN(nn.Module):
         shifts = torch.stack((sx.reshape(-1), sy.reshape(-1), sx.reshape(-1), sy.reshape(-1)), dim=1)
         return (shifts[:, None, :] + self.cell_anchors[None]).reshape(-1, 4)  # (H*W*A, 4), anchors inner
 
-    def forward(self, features: torch.Tensor, image_sizes: list[tuple[int, int]]):
+    def forward(self, features: torch.Tensor, image_sizes: list[tuple[int, int]],
+                feature_sizes: list[tuple[int, int]] | None = None):
+        """`feature_sizes`: each image's own extent on a padded batch's map; anchors outside it (which the image
+        alone would not have) are not considered."""
         logits, deltas = self.rpn_head(features)
         n, a, h, w = logits.shape
-        logits = logits.permute(0, 2, 3, 1).reshape(n, -1).float()
-        deltas = deltas.view(n, a, 4, h, w).permute(0, 3, 4, 1, 2).reshape(-1, 4).float()
-        anchors = self.anchors(h, w)
-        props = self.transform.apply(deltas, anchors.repeat(n, 1)).view(n, -1, 4)
-        k = min(self.spec.pre_nms_topk, logits.shape[1])
         out = []
         for i, hw in enumerate(image_sizes):
-            scores, idx = logits[i].sort(descending=True)
-            scores, boxes = scores[:k], clip(props[i, idx[:k]], hw)
+            fh, fw = feature_sizes[i] if feature_sizes is not None else (h, w)
+            lg = logits[i, :, :fh, :fw].permute(1, 2, 0).reshape(-1).float()  # (H, W, A) order
+            dl = deltas[i, :, :fh, :fw].reshape(a, 4, fh, fw).permute(2, 3, 0, 1).reshape(-1, 4).float()
+            props = self.transform.apply(dl, self.anchors(fh, fw))
+            k = min(self.spec.pre_nms_topk, len(lg))
+            scores, idx = lg.sort(descending=True)
+            scores, boxes = scores[:k], clip(props[idx[:k]], hw)
             keep = nonempty(boxes, self.spec.min_size)
             boxes, scores = boxes[keep], scores[keep]
-            keep = nms(boxes, scores, self.spec.nms_thresh)
-            keep = keep[: self.spec.post_nms_topk]
+            keep = nms(boxes, scores, self.spec.nms_thresh)[: self.spec.post_nms_topk]
             out.append((boxes[keep], scores[keep]))
         return out

@@ -9,7 +9,9 @@ mode) the given boxes are pooled instead of proposals and no selection runs.
 
 Preprocessing (DataLoader workers): detectron2 ResizeShortestEdge with PIL bilinear on the uint8 image, BGR,
 minus the Caffe mean, std 1; a batch is zero-padded to its largest image (after normalisation, as
-detectron2's ImageList does), so padding is the mean colour. Batching by aspect ratio keeps it small.
+detectron2's ImageList does). Unlike detectron2, padding does not change an image's result: the backbone zeroes
+activations outside each image's extent and the RPN uses only anchors inside it (`detection.resnet`), so an
+image gives the same regions alone or in any batch. Batching by aspect ratio keeps the wasted compute small.
 """
 from __future__ import annotations
 
@@ -138,7 +140,7 @@ class RegionExtractor(Extractor):
         in_hw = [tuple(int(v) for v in hw) for hw in batch["input_hw"]]
         orig_hw = [tuple(int(v) for v in hw) for hw in batch["orig_hw"]]
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-            feat = m.features(images)
+            feat = m.features(images, in_hw)
             if self.given_boxes is not None:
                 boxes = [self._given(image_id, ih, oh) for image_id, ih, oh in zip(batch["image_id"], in_hw, orig_hw)]
             else:
