@@ -25,7 +25,11 @@ from visfeat.extract import Item, aspect_order, folder_items, run_extraction
 FIX = Path(__file__).parent / "fixtures" / "butd"
 WEIGHTS = FIX / "tiny_attr.pkl"
 PHOTOS = ("astronaut.png", "chelsea.png", "rocket.jpg", "hubble_deep_field.jpg", "coffee.png")
-SELECTIONS = {"maxnms36": ("butd-r101-36", {}), "perclass10100": ("butd-r101-10-100", {})}  # fixture key: preset
+SELECTIONS = {  # fixture key: preset, options (perclass3636 = MILVLG --min-max-boxes 36,36: its argsort branch)
+    "maxnms36": ("butd-r101-36", {}),
+    "perclass10100": ("butd-r101-10-100", {}),
+    "perclass3636": ("butd-r101-10-100", {"min_boxes": 36, "max_boxes": 36}),
+}
 
 needs_fixture = pytest.mark.skipif(not WEIGHTS.exists(), reason="parity fixture not generated")
 
@@ -86,11 +90,12 @@ def alone():
     """preset -> photo -> output of that photo run on its own (shared by the parity and batching tests)."""
     cache: dict = {}
 
-    def get(preset: str) -> dict:
-        if preset not in cache:
-            ex = visfeat.load_extractor(preset, weights=str(WEIGHTS), device="cpu")
-            cache[preset] = {n: run(ex, [n])[0] for n in PHOTOS}
-        return cache[preset]
+    def get(preset: str, **opts) -> dict:
+        key = (preset, tuple(sorted(opts.items())))
+        if key not in cache:
+            ex = visfeat.load_extractor(preset, weights=str(WEIGHTS), device="cpu", **opts)
+            cache[key] = {n: run(ex, [n])[0] for n in PHOTOS}
+        return cache[key]
 
     return get
 
@@ -98,8 +103,8 @@ def alone():
 @needs_fixture
 @pytest.mark.parametrize("sel", list(SELECTIONS))
 def test_parity_with_py_bottom_up_attention(reference, alone, sel):
-    preset, _ = SELECTIONS[sel]
-    for name, out in alone(preset).items():
+    preset, opts = SELECTIONS[sel]
+    for name, out in alone(preset, **opts).items():
         assert_same_regions(out, ref_of(reference, Path(name).stem, sel), f"{sel} {name}")
 
 
