@@ -44,7 +44,9 @@ def make_weights(dest: Path) -> Path:
     torch.manual_seed(0)
     model = C4Detector(detector_spec(resolve_options("butd-r101-36")))
     with open(dest, "wb") as f:
-        pickle.dump({"model": {k: v.numpy() for k, v in model.state_dict().items()}}, f)
+        # detectron2 pickle layout: {"model": {name: ndarray}, "__author__": ...} (without __author__ detectron2
+        # treats the file as a Caffe2 conversion and nests it again)
+        pickle.dump({"model": {k: v.numpy() for k, v in model.state_dict().items()}, "__author__": "visfeat-bench"}, f)
     return dest
 
 
@@ -104,7 +106,10 @@ def main() -> None:
             print(f"min cosine AMP vs fp32 region features (given boxes): {min(cos):.5f}")
         if a.reference_cmd:
             cmd = shlex.split(a.reference_cmd) + ["--weights", str(weights), "--images", str(imgs), "--size", a.size]
-            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
+            p = subprocess.run(cmd, capture_output=True, text=True)
+            if p.returncode:
+                raise SystemExit(f"reference command failed ({p.returncode}):\n{p.stderr[-3000:]}")
+            out = p.stdout.strip().splitlines()[-1]
             rows["original (reference command)"] = 1.0 / json.loads(out)["seconds_per_image"]
     base = rows["forward, one image at a time"]
     print(f"butd-r101-36 full size, {a.size}, {a.images} images, device {a.device}, torch threads "
