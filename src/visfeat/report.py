@@ -46,7 +46,12 @@ def _label(row: dict, k: int, words) -> str:
     attr = int(row["attr_id"][k]) if "attr_id" in row else None
     if words is None:
         return str(obj) if attr is None else f"{attr}:{obj}"
-    return words[0][obj] if attr is None else f"{words[1][attr]} {words[0][obj]}"
+    return _word(words[0][obj]) if attr is None else f"{_word(words[1][attr])} {_word(words[0][obj])}"
+
+
+def _word(line: str) -> str:
+    """A vocabulary line lists synonyms ("gray,grey"): the first is shown."""
+    return line.split(",")[0]
 
 
 def _draw(ax, store: FeatureStore, i: int, root: str | None, max_boxes: int = 10) -> None:
@@ -163,7 +168,7 @@ def _classes(s: FeatureStore, path: Path, top: int = 20) -> Path:
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 0.25 * top + 1.2), squeeze=False)
     for ax, (field, title, w) in zip(axes.flat, panels):
         counts = Counter(s.h5[field][()].tolist()).most_common(top)
-        labels = [words[w][i] if words else str(i) for i, _ in counts]
+        labels = [_word(words[w][i]) if words else str(i) for i, _ in counts]
         ax.barh(labels[::-1], [c for _, c in counts][::-1], color="tab:cyan")
         ax.set(title=f"top {len(counts)} {title} ({len(s.h5[field])} boxes)", xlabel="boxes")
         ax.tick_params(axis="y", labelsize=7)
