@@ -78,6 +78,24 @@ def cmd_export(a) -> int:
     return 0
 
 
+def cmd_import(a) -> int:
+    from .importers import import_features
+
+    n = import_features(a.format, a.file, a.out, preset=a.preset or "", source_url=a.url or "")
+    print(f"imported {n} images from {a.file} ({a.format}) -> {a.out}")
+    return 0
+
+
+def cmd_compare(a) -> int:
+    import json as _json
+
+    from .compare import compare, table
+
+    res = compare(a.a, a.b)
+    print(_json.dumps(res) if a.json else table(res))
+    return 0
+
+
 def cmd_manifest(a) -> int:
     from . import datasets as D
     from . import splits
@@ -246,6 +264,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out")
     p.add_argument("--split", help="vissl-npy: the split in the file names (default train)")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="a published feature file (lxmert-h5, lxmert-tsv) into a store")
+    p.add_argument("--format", required=True)
+    p.add_argument("file")
+    p.add_argument("out")
+    p.add_argument("--preset", help="the preset the file corresponds to (recorded in the store)")
+    p.add_argument("--url", help="where the file was published (recorded in the store)")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("compare", help="per-field agreement of two stores of the same dataset x preset")
+    p.add_argument("a")
+    p.add_argument("b")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("manifest", help="(workflow) list a dataset's images into manifest.parquet")
     p.add_argument("--source", required=True,

@@ -1,0 +1,106 @@
+"""Importers: published feature files into the feature store; each the inverse of the matching exporter.
+
+- `lxmert-h5`: IGLUE / VL-T5 `{split}_boxes36.h5` (a group per image: features, boxes, obj_id, obj_conf,
+  attr_id, attr_conf, img_h, img_w).
+- `lxmert-tsv`: LXMERT's base64 TSV (img_id, img_h, img_w, objects_id, objects_conf, attrs_id, attrs_conf,
+  num_boxes, boxes, features).
+Streamed in chunks of images (memory bounded by the chunk, not the file). The source file's name, size and
+sha256 are recorded in the store's attributes. These layouts carry no image paths: `image_path` is empty.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from . import __version__
+from .fields import FieldSpec
+from .store import writing
+
+_REGION_FIELDS = (("obj_id", "int64"), ("obj_conf", "float32"), ("attr_id", "int64"), ("attr_conf", "float32"))
+
+
+def _region_specs(dim: int) -> list[FieldSpec]:
+    return ([FieldSpec("features", (dim,), ragged="regions"), FieldSpec("boxes", (4,), ragged="regions")]
+            + [FieldSpec(n, (), t, ragged="regions") for n, t in _REGION_FIELDS] + [FieldSpec("num_boxes", (), "int64")])
+
+
+def _h5_rows(path: str) -> Iterator[tuple[str, tuple[int, int], dict[str, np.ndarray]]]:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        for image_id in f:
+            g = f[image_id]
+            yield image_id, (int(g["img_h"][()]), int(g["img_w"][()])), {
+                k: g[k][()] for k in ("features", "boxes", "obj_id", "obj_conf", "attr_id", "attr_conf")}
+
+
+def _tsv_rows(path: str) -> Iterator[tuple[str, tuple[int, int], dict[str, np.ndarray]]]:
+    import base64
+    import csv
+    import sys
+
+    from .exporters import TSV_FIELDS
+
+    csv.field_size_limit(sys.maxsize)
+    with open(path, newline="") as fh:
+        for item in csv.DictReader(fh, TSV_FIELDS, delimiter="\t"):
+            k = int(item["num_boxes"])
+
+            def dec(key, dtype, shape):
+                return np.frombuffer(base64.b64decode(item[key]), dtype=dtype).reshape(shape)
+
+            yield item["img_id"], (int(item["img_h"]), int(item["img_w"])), {
+                "features": dec("features", np.float32, (k, -1)), "boxes": dec("boxes", np.float32, (k, 4)),
+                "obj_id": dec("objects_id", np.int64, (k,)), "obj_conf": dec("objects_conf", np.float32, (k,)),
+                "attr_id": dec("attrs_id", np.int64, (k,)), "attr_conf": dec("attrs_conf", np.float32, (k,))}
+
+
+READERS = {"lxmert-h5": _h5_rows, "lxmert-tsv": _tsv_rows}
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(1 << 20):
+            h.update(b)
+    return h.hexdigest()
+
+
+def import_features(fmt: str, src: str, out: str, preset: str = "", source_url: str = "", chunk: int = 256) -> int:
+    """`src` in layout `fmt` -> the store `out`; returns the number of images."""
+    if fmt not in READERS:
+        raise ValueError(f"unknown import format {fmt!r}; available: {', '.join(READERS)}")
+    rows = READERS[fmt](src)
+    first = next(rows, None)
+    if first is None:
+        raise ValueError(f"{src}: no images in this {fmt} file")
+    specs = _region_specs(first[2]["features"].shape[1])
+    attrs = {"preset": preset, "extractor": preset or fmt, "config": json.dumps({"imported_from": fmt}),
+             "weights_sha256": "", "visfeat_version": __version__, "source_file": Path(src).name,
+             "source_url": source_url, "source_sha256": _sha256(src), "source_bytes": Path(src).stat().st_size}
+    n = 0
+    with writing(out, specs, attrs) as w:
+        buf: list = [first]
+        for row in rows:
+            buf.append(row)
+            if len(buf) == chunk:
+                n += _flush(w, buf)
+                buf = []
+        if buf:
+            n += _flush(w, buf)
+    return n
+
+
+def _flush(w, buf) -> int:
+    fields = {name: np.concatenate([r[2][name] for r in buf]) for name in
+              ("features", "boxes", "obj_id", "obj_conf", "attr_id", "attr_conf")}
+    fields["features"] = fields["features"].astype(np.float32)
+    counts = np.asarray([len(r[2]["boxes"]) for r in buf], np.int64)
+    fields["num_boxes"] = counts
+    w.append([r[0] for r in buf], [""] * len(buf), np.asarray([r[1] for r in buf], np.int32), fields,
+             {"regions": counts})
+    return len(buf)

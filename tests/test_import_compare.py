@@ -1,0 +1,81 @@
+"""Published layouts: export -> import gives the store back; `compare` reports exactly the differences made."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import visfeat
+from visfeat.compare import compare
+from visfeat.exporters import export
+from visfeat.fields import FieldSpec
+from visfeat.importers import import_features
+from visfeat.store import writing
+
+FIELDS = ("features", "boxes", "obj_id", "obj_conf", "attr_id", "attr_conf", "num_boxes", "image_hw")
+
+
+def region_store(path, rows: dict[str, dict]) -> None:
+    specs = [FieldSpec("features", (8,), ragged="regions"), FieldSpec("boxes", (4,), ragged="regions"),
+             FieldSpec("obj_id", (), "int64", ragged="regions"), FieldSpec("obj_conf", (), ragged="regions"),
+             FieldSpec("attr_id", (), "int64", ragged="regions"), FieldSpec("attr_conf", (), ragged="regions"),
+             FieldSpec("num_boxes", (), "int64")]
+    with writing(path, specs, {"preset": "butd-r101-36", "config": "{}"}) as w:
+        ids = list(rows)
+        cat = {k: np.concatenate([rows[i][k] for i in ids]) for k in FIELDS[:6]}
+        counts = np.asarray([len(rows[i]["boxes"]) for i in ids], np.int64)
+        w.append(ids, [f"{i}.jpg" for i in ids], np.asarray([rows[i]["image_hw"] for i in ids], np.int32),
+                 {**cat, "num_boxes": counts}, {"regions": counts})
+
+
+def random_rows(seed: int, n: int = 5) -> dict[str, dict]:
+    rng = np.random.default_rng(seed)
+    out = {}
+    for k in range(n):
+        m = int(rng.integers(3, 12))
+        xy = rng.uniform(0, 200, (m, 2)).astype(np.float32)
+        out[f"img{k}"] = {"features": rng.normal(size=(m, 8)).astype(np.float32),
+                          "boxes": np.concatenate([xy, xy + rng.uniform(10, 80, (m, 2)).astype(np.float32)], 1),
+                          "obj_id": rng.integers(0, 1600, m), "obj_conf": rng.uniform(size=m).astype(np.float32),
+                          "attr_id": rng.integers(0, 400, m), "attr_conf": rng.uniform(size=m).astype(np.float32),
+                          "image_hw": (int(rng.integers(100, 600)), int(rng.integers(100, 600)))}
+    return out
+
+
+@pytest.mark.parametrize("fmt,ext", [("lxmert-h5", "h5"), ("lxmert-tsv", "tsv")])
+def test_export_then_import_gives_every_field_back(tmp_path, fmt, ext):
+    rows = random_rows(0)
+    region_store(tmp_path / "a.h5", rows)
+    export(fmt, str(tmp_path / "a.h5"), str(tmp_path / f"pub.{ext}"))
+    assert import_features(fmt, str(tmp_path / f"pub.{ext}"), str(tmp_path / "b.h5"), preset="butd-r101-36",
+                           source_url="https://example.org/pub") == 5
+    a, b = visfeat.open(tmp_path / "a.h5"), visfeat.open(tmp_path / "b.h5")
+    assert sorted(a) == sorted(b)
+    for i in a:
+        for k in FIELDS:
+            np.testing.assert_array_equal(b[i][k], a[i][k], err_msg=f"{fmt} {i} {k}")
+    assert b.attrs["source_url"] == "https://example.org/pub" and len(b.attrs["source_sha256"]) == 64
+
+
+def test_compare_reports_exactly_the_differences(tmp_path):
+    rows = random_rows(1)
+    region_store(tmp_path / "a.h5", rows)
+    changed = {k: {f: np.array(v, copy=True) if f != "image_hw" else v for f, v in r.items()} for k, r in rows.items()}
+    del changed["img4"]  # missing on one side
+    changed["img0"]["features"][0] *= -1  # one feature flipped: cosine -1
+    changed["img1"]["obj_id"][1] = (changed["img1"]["obj_id"][1] + 1) % 1600  # one label differs
+    region_store(tmp_path / "b.h5", changed)
+    res = compare(str(tmp_path / "a.h5"), str(tmp_path / "b.h5"))
+    n_boxes = sum(len(r["boxes"]) for k, r in rows.items() if k != "img4")
+    assert res["only_a"] == ["img4"] and res["only_b"] == [] and res["images"] == 4
+    r = res["regions"]
+    assert r["images_with_other_box_count"] == 0 and r["matched_iou_min"] == pytest.approx(1.0)
+    assert r["feature_cosine_min"] == pytest.approx(-1.0)
+    assert r["obj_id_agreement"] == pytest.approx(1 - 1 / n_boxes) and r["attr_id_agreement"] == 1.0
+    same = compare(str(tmp_path / "a.h5"), str(tmp_path / "a.h5"))
+    assert same["regions"]["feature_cosine_min"] == pytest.approx(1.0) and same["only_a"] == same["only_b"] == []
+    out = subprocess.run([sys.executable, "-m", "visfeat", "compare", str(tmp_path / "a.h5"), str(tmp_path / "b.h5")],
+                         check=True, capture_output=True, text=True).stdout
+    assert "only in A: 1" in out and "obj_id_agreement" in out
