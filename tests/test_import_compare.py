@@ -79,3 +79,53 @@ def test_compare_reports_exactly_the_differences(tmp_path):
     out = subprocess.run([sys.executable, "-m", "visfeat", "compare", str(tmp_path / "a.h5"), str(tmp_path / "b.h5")],
                          check=True, capture_output=True, text=True).stdout
     assert "only in A: 1" in out and "obj_id_agreement" in out
+
+
+@pytest.mark.workflow
+def test_workflow_takes_published_features_when_configured(tmp_path):
+    """`source: published`: the file is downloaded over 127.0.0.1 (sha256-checked, unzipped) and imported; no
+    extraction runs, and the store equals the one the published file was made from."""
+    import hashlib
+    import io
+    import zipfile
+
+    import yaml
+
+    from conftest import copy_workflow, snakemake
+    from http_server import FileServer
+
+    rows = random_rows(2)
+    region_store(tmp_path / "orig.h5", rows)
+    export("lxmert-tsv", str(tmp_path / "orig.h5"), str(tmp_path / "val_obj36.tsv"))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.write(tmp_path / "val_obj36.tsv", "val_obj36.tsv")
+    data = buf.getvalue()
+    (tmp_path / "wd").mkdir()
+    wd = copy_workflow(tmp_path / "wd")
+    with FileServer({"/feat/val_obj36.zip": data}) as srv:
+        url = srv.url + "/feat/val_obj36.zip"
+        cfg = {
+            "datasets": {"sample": {"source": "sample"}},
+            "extractors": {"butd-r101-36": {}},
+            "features": [{"datasets": ["sample"], "extractors": ["butd-r101-36"], "source": "published"}],
+            "published": {"lxmert_val_obj36": {"dataset": "sample", "extractor": "butd-r101-36", "url": url,
+                                               "format": "lxmert-tsv", "sha256": hashlib.sha256(data).hexdigest(),
+                                               "member": "val_obj36.tsv"}},
+        }
+        (wd / "config/config.yaml").write_text(yaml.safe_dump(cfg))
+        p = snakemake(wd)
+    assert "extract" not in p.stdout + p.stderr.replace("extractor", "")  # no extraction job ran
+    a, b = visfeat.open(tmp_path / "orig.h5"), visfeat.open(wd / "results/sample/butd-r101-36.h5")
+    assert sorted(a) == sorted(b)
+    for i in a:
+        for k in FIELDS:
+            np.testing.assert_array_equal(b[i][k], a[i][k])
+    assert b.attrs["source_url"] == url
+    assert (wd / "results/report/sample/butd-r101-36/classes.png").exists()
+    cfg["features"][0]["source"] = "published"
+    cfg["published"]["lxmert_val_obj36"]["extractor"] = "clip-rn50"
+    (wd / "config/config.yaml").write_text(yaml.safe_dump(cfg))
+    bad = snakemake(wd, "-n", check=False)
+    assert bad.returncode != 0 and "no `published` entry has dataset 'sample' and extractor 'butd-r101-36'" in (
+        bad.stdout + bad.stderr)

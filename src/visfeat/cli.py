@@ -81,7 +81,13 @@ def cmd_export(a) -> int:
 def cmd_import(a) -> int:
     from .importers import import_features
 
-    n = import_features(a.format, a.file, a.out, preset=a.preset or "", source_url=a.url or "")
+    src = Path(a.file)
+    if src.is_dir():  # a downloaded folder: the named member, or its only file
+        files = [src / a.member] if a.member else [f for f in src.rglob("*") if f.is_file()]
+        if len(files) != 1 or not files[0].is_file():
+            raise SystemExit(f"{src}: give --member (files: {', '.join(str(f.relative_to(src)) for f in files[:10])})")
+        src = files[0]
+    n = import_features(a.format, str(src), a.out, preset=a.preset or "", source_url=a.url or "")
     print(f"imported {n} images from {a.file} ({a.format}) -> {a.out}")
     return 0
 
@@ -166,7 +172,7 @@ def cmd_fetch_weights(a) -> int:
 
 def cmd_prepare(a) -> int:
     from .sample import install_sample
-    from .download import download, unpack
+    from .download import download, place, unpack
 
     if a.source == "sample":
         names = install_sample(a.dest)
@@ -179,8 +185,12 @@ def cmd_prepare(a) -> int:
         if not a.sha256:
             print(f"warning: no published checksum for {a.url}: downloaded unverified", file=sys.stderr)
         download(a.url, archive, sha256=a.sha256, size=a.size)
-    unpack(archive, a.dest)
-    print(f"unpacked {archive} -> {a.dest}")
+    if a.plain:
+        place(archive, a.dest)
+        print(f"placed {archive} -> {a.dest}")
+    else:
+        unpack(archive, a.dest)
+        print(f"unpacked {archive} -> {a.dest}")
     return 0
 
 
@@ -271,6 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out")
     p.add_argument("--preset", help="the preset the file corresponds to (recorded in the store)")
     p.add_argument("--url", help="where the file was published (recorded in the store)")
+    p.add_argument("--member", help="FILE is a folder: the file inside it to import")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("compare", help="per-field agreement of two stores of the same dataset x preset")
@@ -321,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sha256")
     p.add_argument("--archive", help="where the downloaded archive is kept (resumable .part beside it)")
     p.add_argument("--size", type=int, help="published size in bytes (free-disk check before downloading)")
+    p.add_argument("--plain", action="store_true", help="the download is a plain file (placed into --dest as is)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("kmeans-train", help="faiss k-means on a bounded sample of stores' vectors")

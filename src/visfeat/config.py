@@ -123,6 +123,15 @@ def _check_semantics(cfg: dict, base_dir: str, registry: dict) -> None:
             if e not in cfg["extractors"]:
                 raise ConfigError(f"config: features.{k}.extractors: {e!r} is not defined under extractors")
 
+    published = {(p_["dataset"], p_["extractor"]): n for n, p_ in cfg.get("published", {}).items()}
+    for k, entry in enumerate(cfg["features"]):
+        if entry.get("source", "extract") == "published":
+            for d in entry["datasets"]:
+                for e in entry["extractors"]:
+                    if (d, e) not in published:
+                        raise ConfigError(f"config: features.{k}.source: published, but no `published` entry has "
+                                          f"dataset {d!r} and extractor {e!r}")
+
     for name, km in cfg.get("kmeans", {}).items():
         if km["extractor"] not in cfg["extractors"]:
             raise ConfigError(f"config: kmeans.{name}.extractor: {km['extractor']!r} is not defined under extractors")

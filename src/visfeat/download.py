@@ -100,6 +100,20 @@ def download(
     return dest
 
 
+def place(path: str | os.PathLike, dest: str | os.PathLike) -> Path:
+    """A downloaded file that is not an archive: into the folder `dest` (copied to a temporary sibling first, so
+    `dest` appears complete or not at all)."""
+    path, dest = Path(path), Path(dest)
+    tmp = dest.with_name(f".{dest.name}.placing")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copyfile(path, tmp / path.name)
+    if dest.exists():
+        shutil.rmtree(dest)
+    os.replace(tmp, dest)
+    return dest
+
+
 def unpack(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
     """Unpack a zip/tar archive into `dest` atomically: into a temporary sibling, renamed when complete.
 

@@ -24,11 +24,12 @@ _DONE = re.compile(r"\[visfeat\] done: (\d+) images, (\d+) failed, (\d+) process
 
 
 def _image(root: str | None, store: FeatureStore, i: int):
-    if root is None:
+    rel = store.h5["image_path"].asstr()[i]
+    if root is None or not rel:  # imported (published) stores carry no image paths
         return None
     try:
-        return load_image(Path(root) / store.h5["image_path"].asstr()[i])
-    except ImageError:
+        return load_image(Path(root) / rel)
+    except (ImageError, OSError):
         return None
 
 
@@ -134,6 +135,8 @@ def feature_report(store_path: str, out_dir: str, root: str | None = None, logs:
 
     rates = []
     for log in logs:
+        if not Path(log).exists():  # published stores were imported, not extracted here
+            continue
         m = None
         for m in _DONE.finditer(Path(log).read_text(errors="replace")):
             pass

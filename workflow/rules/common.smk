@@ -282,3 +282,45 @@ def report_kmeans_args(wildcards):
         args += [f"--store {shlex.quote(f'{R}/kmeans/{wildcards.kmeans}/{d}.h5')}",
                  f"--root {shlex.quote(dataset_root(d))}"]
     return " ".join(args)
+
+
+# Published feature files (config `published`), used for the features entries with `source: published`.
+PUBLISHED = config.get("published", {})
+PUBLISHED_PAIRS = {
+    f"{p['dataset']}/{p['extractor']}": name
+    for name, p in PUBLISHED.items()
+    if any(
+        entry.get("source", "extract") == "published"
+        and p["dataset"] in entry["datasets"]
+        and p["extractor"] in entry["extractors"]
+        for entry in config["features"]
+    )
+}
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.xz")
+
+
+def download_published_args(wildcards):
+    p = PUBLISHED[wildcards.published]
+    name = os.path.basename(urllib.parse.urlparse(p["url"]).path) or "download"
+    kept = f"{RES}/downloads/published/{wildcards.published}/{name}"
+    args = [f"--url {shlex.quote(p['url'])}", f"--archive {shlex.quote(kept)}"]
+    if p.get("sha256"):
+        args.append(f"--sha256 {p['sha256']}")
+    if p.get("size"):
+        args.append(f"--size {p['size']}")
+    if not name.lower().endswith(ARCHIVE_SUFFIXES):
+        args.append("--plain")
+    return " ".join(args)
+
+
+def get_published_download(wildcards):
+    return f"{RES}/published/{PUBLISHED_PAIRS[wildcards.pair]}"
+
+
+def import_args(wildcards):
+    p = PUBLISHED[PUBLISHED_PAIRS[wildcards.pair]]
+    args = [f"--format {p['format']}", f"--preset {shlex.quote(EXTRACTORS[p['extractor']]['preset'])}",
+            f"--url {shlex.quote(p['url'])}"]
+    if p.get("member"):
+        args.append(f"--member {shlex.quote(p['member'])}")
+    return " ".join(args)
