@@ -129,3 +129,27 @@ def test_workflow_takes_published_features_when_configured(tmp_path):
     bad = snakemake(wd, "-n", check=False)
     assert bad.returncode != 0 and "no `published` entry has dataset 'sample' and extractor 'butd-r101-36'" in (
         bad.stdout + bad.stderr)
+
+
+@pytest.mark.workflow
+def test_registry_published_entry_matches_dataset_source_preset_and_options(tmp_path):
+    """LXMERT's val2014 obj36 TSV stands for coco_val2014 x butd-r101-10-100 at 36/36 boxes: planned (-n, no
+    network) as download + import; the same preset at its 10-100 default is refused at start."""
+    import yaml
+
+    from conftest import copy_workflow, snakemake
+
+    wd = copy_workflow(tmp_path)
+    cfg = {"datasets": {"coco_val": {"source": "coco_val2014"}},
+           "extractors": {"obj36": {"preset": "butd-r101-10-100", "min_boxes": 36, "max_boxes": 36}},
+           "features": [{"datasets": ["coco_val"], "extractors": ["obj36"], "source": "published"}]}
+    (wd / "config/config.yaml").write_text(yaml.safe_dump(cfg))
+    p = snakemake(wd, "-n", "-p", "results/coco_val/obj36.h5")
+    out = p.stdout + p.stderr
+    assert "download_published" in out and "import_published" in out and "rule extract" not in out
+    assert "mscoco_imgfeat/val2014_obj36.zip" in out
+    cfg["extractors"]["obj36"] = {"preset": "butd-r101-10-100"}
+    (wd / "config/config.yaml").write_text(yaml.safe_dump(cfg))
+    bad = snakemake(wd, "-n", check=False)
+    assert bad.returncode != 0 and "no `published` entry has dataset 'coco_val' and extractor 'obj36'" in (
+        bad.stdout + bad.stderr)

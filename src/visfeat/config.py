@@ -123,14 +123,16 @@ def _check_semantics(cfg: dict, base_dir: str, registry: dict) -> None:
             if e not in cfg["extractors"]:
                 raise ConfigError(f"config: features.{k}.extractors: {e!r} is not defined under extractors")
 
-    published = {(p_["dataset"], p_["extractor"]): n for n, p_ in cfg.get("published", {}).items()}
+    for name, p_ in cfg.get("published", {}).items():
+        if ("extractor" in p_) == ("preset" in p_):
+            raise ConfigError(f"config: published.{name}: give exactly one of extractor or preset")
     for k, entry in enumerate(cfg["features"]):
         if entry.get("source", "extract") == "published":
             for d in entry["datasets"]:
                 for e in entry["extractors"]:
-                    if (d, e) not in published:
+                    if published_entry(cfg, registry, d, e) is None:
                         raise ConfigError(f"config: features.{k}.source: published, but no `published` entry has "
-                                          f"dataset {d!r} and extractor {e!r}")
+                                          f"dataset {d!r} and extractor {e!r} (config or registry)")
 
     for name, km in cfg.get("kmeans", {}).items():
         if km["extractor"] not in cfg["extractors"]:
@@ -148,6 +150,30 @@ def _check_semantics(cfg: dict, base_dir: str, registry: dict) -> None:
                 raise ConfigError(f"config: text.{name}.extractors: {e!r} is not defined under extractors")
             if get_preset(cfg["extractors"][e]["preset"]).family != "clip":
                 raise ConfigError(f"config: text.{name}.extractors: {e!r} is not a CLIP extractor")
+
+
+def published_entry(cfg: dict, registry: dict, dataset: str, extractor: str) -> tuple[str, dict] | None:
+    """The published file standing for `dataset` x `extractor`: a config `published` entry naming them, or a
+    registry entry for the dataset's registry source and the extractor's preset whose `options` the instance
+    has (config entries first)."""
+    src = cfg["datasets"][dataset].get("source")
+    inst = cfg["extractors"][extractor]
+    entries = {**registry.get("published", {}), **cfg.get("published", {})}
+    for name in [*cfg.get("published", {}), *registry.get("published", {})]:
+        p = entries[name]
+        if p["dataset"] not in (dataset, src):
+            continue
+        if p.get("extractor") == extractor or (
+                p.get("preset") == inst["preset"]
+                and all(inst.get(k, _preset_default(inst["preset"], k)) == v for k, v in p.get("options", {}).items())):
+            return name, p
+    return None
+
+
+def _preset_default(preset: str, key: str):
+    from .extractors.registry import resolve_options
+
+    return resolve_options(preset).get(key)
 
 
 def preset_options(inst: dict) -> dict:

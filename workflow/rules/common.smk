@@ -11,7 +11,7 @@ VISFEAT_SRC = str(Path(workflow.basedir) / "src")
 if VISFEAT_SRC not in sys.path:
     sys.path.insert(0, VISFEAT_SRC)
 
-from visfeat.config import ConfigError, load_registry, preset_options, validate_config
+from visfeat.config import ConfigError, load_registry, preset_options, published_entry, validate_config
 from visfeat.extractors.registry import get_preset
 
 
@@ -285,16 +285,13 @@ def report_kmeans_args(wildcards):
 
 
 # Published feature files (config `published`), used for the features entries with `source: published`.
-PUBLISHED = config.get("published", {})
+PUBLISHED = {**REGISTRY.get("published", {}), **config.get("published", {})}
 PUBLISHED_PAIRS = {
-    f"{p['dataset']}/{p['extractor']}": name
-    for name, p in PUBLISHED.items()
-    if any(
-        entry.get("source", "extract") == "published"
-        and p["dataset"] in entry["datasets"]
-        and p["extractor"] in entry["extractors"]
-        for entry in config["features"]
-    )
+    f"{d}/{e}": published_entry(config, REGISTRY, d, e)[0]
+    for entry in config["features"]
+    if entry.get("source", "extract") == "published"
+    for d in entry["datasets"]
+    for e in entry["extractors"]
 }
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.xz")
 
@@ -319,7 +316,8 @@ def get_published_download(wildcards):
 
 def import_args(wildcards):
     p = PUBLISHED[PUBLISHED_PAIRS[wildcards.pair]]
-    args = [f"--format {p['format']}", f"--preset {shlex.quote(EXTRACTORS[p['extractor']]['preset'])}",
+    extractor = wildcards.pair.split("/", 1)[1]
+    args = [f"--format {p['format']}", f"--preset {shlex.quote(EXTRACTORS[extractor]['preset'])}",
             f"--url {shlex.quote(p['url'])}"]
     if p.get("member"):
         args.append(f"--member {shlex.quote(p['member'])}")
