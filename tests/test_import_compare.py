@@ -76,9 +76,12 @@ def test_compare_reports_exactly_the_differences(tmp_path):
     assert r["obj_id_agreement"] == pytest.approx(1 - 1 / n_boxes) and r["attr_id_agreement"] == 1.0
     same = compare(str(tmp_path / "a.h5"), str(tmp_path / "a.h5"))
     assert same["regions"]["feature_cosine_min"] == pytest.approx(1.0) and same["only_a"] == same["only_b"] == []
-    out = subprocess.run([sys.executable, "-m", "visfeat", "compare", str(tmp_path / "a.h5"), str(tmp_path / "b.h5")],
-                         check=True, capture_output=True, text=True).stdout
+    out = subprocess.run([sys.executable, "-m", "visfeat", "compare", str(tmp_path / "a.h5"), str(tmp_path / "b.h5"),
+                          "--plot", str(tmp_path / "cmp.png")], check=True, capture_output=True, text=True).stdout
     assert "only in A: 1" in out and "obj_id_agreement" in out
+    from PIL import Image
+
+    assert Image.open(tmp_path / "cmp.png").size[0] >= 800  # two panels: IoU and cosine
 
 
 @pytest.mark.workflow

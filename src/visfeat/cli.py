@@ -97,7 +97,7 @@ def cmd_compare(a) -> int:
 
     from .compare import compare, table
 
-    res = compare(a.a, a.b)
+    res = compare(a.a, a.b, plot=a.plot)
     print(_json.dumps(res) if a.json else table(res))
     return 0
 
@@ -288,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("a")
     p.add_argument("b")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--plot", help="also write the distributions (matched IoU, cosine) to this PNG")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("manifest", help="(workflow) list a dataset's images into manifest.parquet")

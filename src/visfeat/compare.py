@@ -24,7 +24,8 @@ def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
 
 
-def compare(path_a: str, path_b: str) -> dict:
+def compare(path_a: str, path_b: str, plot: str | None = None) -> dict:
+    """The agreement summary; with `plot`, also a PNG of the distributions (matched IoU, feature cosine)."""
     a, b = FeatureStore(path_a), FeatureStore(path_b)
     ids_a, ids_b = set(a.ids), set(b.ids)
     common = sorted(ids_a & ids_b)
@@ -59,7 +60,28 @@ def compare(path_a: str, path_b: str) -> dict:
                           "attr_id_agreement": float(cat(same_attr).mean()) if same_attr else 1.0}
     res["fields"] = {f: {"cosine_min": float(cat(v).min(initial=1)), "cosine_mean": float(cat(v).mean()) if v else 1.0}
                      for f, v in fixed_cos.items()}
+    if plot:
+        panels = ([("matched box IoU", cat(iou)), ("region feature cosine", cat(cos))] if regions else []) + [
+            (f"{f} cosine", cat(v)) for f, v in fixed_cos.items()]
+        _plot(panels, plot, f"{path_a} vs {path_b}: {len(common)} images, {len(res['only_a'])} only in A, "
+                            f"{len(res['only_b'])} only in B")
     return res
+
+
+def _plot(panels: list, path: str, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.5 * max(1, len(panels)), 3.2), squeeze=False)
+    for ax, (name, v) in zip(axes.flat, panels):
+        ax.hist(v, bins=40, color="tab:blue")
+        ax.set(title=f"{name} (min {v.min(initial=1):.4f})", xlabel=name, ylabel="count")
+    fig.suptitle(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def table(res: dict) -> str:
