@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..statedict import load_strict
 from .model import DetectorSpec
 from .resnet import BLOCKS
 
@@ -78,21 +79,12 @@ ANCHORS_KEY = "proposal_generator.anchor_generator.cell_anchors.0"  # HF modelin
 
 
 def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
-    """Strict load; a mismatch names the first missing and unexpected keys. Cell anchors stored in the file
+    """Strict load (`statedict.load_strict`). Cell anchors stored in the file
     (the unc-nlp conversion) must equal the ones the preset generates."""
-    own = model.state_dict()
     state = {k: v for k, v in state.items() if not k.endswith("num_batches_tracked")}
     anchors = state.pop(ANCHORS_KEY, None)
     if anchors is not None:
         ours = model.proposal_generator.cell_anchors
         if anchors.shape != ours.shape or not torch.allclose(anchors.float(), ours.cpu(), atol=1e-3):
             raise KeyError(f"{path}: its cell anchors differ from the preset's anchor sizes/ratios")
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        raise KeyError(f"{path}: {len(missing)} missing keys (e.g. {missing[:3]}), {len(unexpected)} unexpected "
-                       f"(e.g. {unexpected[:3]})")
-    for k, v in state.items():
-        if tuple(v.shape) != tuple(own[k].shape):
-            raise KeyError(f"{path}: {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    load_strict(model, state, path, "the detector")

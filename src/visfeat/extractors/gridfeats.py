@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..detection.checkpoint import read_state_dict
+from ..statedict import load_strict
 from ..detection.resnet import BLOCKS, ResNet, ResNetSpec
 from .base import Extractor, FieldSpec
 from .detector import SIZES, DetectorPreprocessor
@@ -108,10 +109,6 @@ def build(preset, weights: str | None, device, amp: bool, options: dict[str, Any
     o = options
     base = ResNetSpec(stride_in_1x1=o["stride_in_1x1"], caffe_maxpool=False, res5_dilation=o["res5_dilation"])
     model = ResNet(infer_resnet(state, base, path), last=5)
-    own = model.state_dict()
-    missing, unexpected = [k for k in own if k not in state], [k for k in state if k not in own]
-    if missing or unexpected:
-        raise KeyError(f"{path}: backbone keys do not fit: missing {missing[:3]}, unexpected {unexpected[:3]}")
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in state.items()})
+    load_strict(model, state, path, "the ResNet backbone")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return GridFeatsExtractor(preset.name, model, options, device, amp, sha)

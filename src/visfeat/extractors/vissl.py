@@ -52,6 +52,7 @@ import torch
 import torch.nn as nn
 from torchvision import transforms as T
 
+from ..statedict import load_strict
 from .base import Extractor, FieldSpec, TransformPreprocessor
 from .vissl_config import (  # noqa: F401  (SIMCLR_HEAD_DOCS: the docs' head variant, for users)
     HEAD_BATCHNORM_MOMENTUM, LAYER_OF_REDUCTION, MLP_DEFAULTS, POOL_OP_NAMES, RESNET_LAYERS, SIMCLR_HEAD_DOCS, Plan,
@@ -234,19 +235,6 @@ class TimmTrunk(nn.Module):
         return out
 
 
-def _load_strict(model: nn.Module, sd: dict, path: str, what: str, optional: tuple[str, ...] = ()) -> None:
-    own = model.state_dict()
-    missing = sorted(k for k in set(own) - set(sd) if not k.startswith(optional))
-    unexpected = sorted(set(sd) - set(own))
-    if missing or unexpected:
-        raise KeyError(f"{path}: the weights do not fit {what}: {len(missing)} missing (e.g. {missing[:4]}), "
-                       f"{len(unexpected)} unexpected (e.g. {unexpected[:4]})")
-    for k, v in sd.items():
-        if tuple(v.shape) != tuple(own[k].shape):
-            raise KeyError(f"{path}: {k} has shape {tuple(v.shape)}, {what} expects {tuple(own[k].shape)}")
-    model.load_state_dict(sd, strict=False)
-
-
 def build_trunk(backbone: str, trunk_sd: dict[str, torch.Tensor], path: str) -> nn.Module:
     kind, _, name = str(backbone).partition(":")
     if kind == "torchvision":
@@ -259,7 +247,7 @@ def build_trunk(backbone: str, trunk_sd: dict[str, torch.Tensor], path: str) -> 
         if not isinstance(model, torchvision.models.ResNet):
             raise ValueError(f"backbone {backbone!r}: only torchvision ResNets are VISSL trunks "
                              f"(use timm:<name> for others)")
-        _load_strict(model, trunk_sd, path, f"torchvision {name}", optional=("fc.",))
+        load_strict(model, trunk_sd, path, f"torchvision {name}", optional=("fc.",))
         return TorchvisionResNetTrunk(model.eval())
     if kind == "timm":
         import timm
@@ -270,7 +258,7 @@ def build_trunk(backbone: str, trunk_sd: dict[str, torch.Tensor], path: str) -> 
         cls = full.pretrained_cfg.get("classifier") or ()
         cls = (cls,) if isinstance(cls, str) else tuple(cls)
         sd = {k: v for k, v in trunk_sd.items() if not k.startswith(tuple(f"{c}." for c in cls))}
-        _load_strict(full, sd, path, f"timm {name}", optional=tuple(f"{c}." for c in cls))
+        load_strict(full, sd, path, f"timm {name}", optional=tuple(f"{c}." for c in cls))
         del full
         # timm's own features_only path: the weights go into the full model, which is then wrapped
         model = timm.create_model(name, features_only=True, pretrained=True,
@@ -363,7 +351,7 @@ def build(preset, weights: str | None, device, amp: bool, options: dict[str, Any
         if not heads_sd:
             raise KeyError(f"{path}: this {layout} checkpoint has no head weights, and head_params asks for heads "
                            f"(a VISSL model-zoo checkpoint holds them under classy_state_dict.base_model.model.heads)")
-        _load_strict(heads, heads_sd, path, f"head_params {plan.head_params}")
+        load_strict(heads, heads_sd, path, f"head_params {plan.head_params}")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     with torch.no_grad():
         return VisslExtractor(trunk, heads, plan, preset.name, options, device, amp, sha)
