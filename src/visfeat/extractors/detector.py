@@ -15,7 +15,6 @@ image gives the same regions alone or in any batch. Batching by aspect ratio kee
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import numpy as np
