@@ -1,13 +1,17 @@
 """Box utilities shared by the RPN, the box head and the selection strategies.
 
-Boxes are float tensors (R, 4) x1, y1, x2, y2, with widths x2 - x1 (no +1: detectron2 convention, which
-py-bottom-up-attention keeps: detectron2/modeling/box_regression.py, structures/boxes.py).
+Boxes are float tensors (R, 4) x1, y1, x2, y2. `offset` 0: widths x2 - x1, clip to [0, w] (detectron2, which
+py-bottom-up-attention keeps: detectron2/modeling/box_regression.py, structures/boxes.py). `offset` 1: the
+legacy pixel convention of maskrcnn-benchmark and its forks (modeling/box_coder.py and
+structures/bounding_box.py TO_REMOVE = 1): widths x2 - x1 + 1, decoded x2 = ctr + w/2 - 1, clip to [0, w - 1].
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
+from torchvision.ops import nms
 
 # detectron2/modeling/box_regression.py: _DEFAULT_SCALE_CLAMP
 SCALE_CLAMP = math.log(1000.0 / 16)
@@ -16,14 +20,15 @@ SCALE_CLAMP = math.log(1000.0 / 16)
 class BoxTransform:
     """R-CNN delta decoding (dx, dy, dw, dh) with per-coordinate weights; dw/dh clamped at log(1000/16)."""
 
-    def __init__(self, weights: tuple[float, float, float, float], scale_clamp: float = SCALE_CLAMP):
-        self.weights, self.scale_clamp = weights, scale_clamp
+    def __init__(self, weights: tuple[float, float, float, float], scale_clamp: float = SCALE_CLAMP,
+                 offset: int = 0):
+        self.weights, self.scale_clamp, self.offset = weights, scale_clamp, offset
 
     def apply(self, deltas: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
         """deltas (R, K*4), boxes (R, 4) -> (R, K*4): K boxes per input box (class-specific regression)."""
         boxes = boxes.to(deltas.dtype)
-        widths = boxes[:, 2] - boxes[:, 0]
-        heights = boxes[:, 3] - boxes[:, 1]
+        widths = boxes[:, 2] - boxes[:, 0] + self.offset
+        heights = boxes[:, 3] - boxes[:, 1] + self.offset
         ctr_x = boxes[:, 0] + 0.5 * widths
         ctr_y = boxes[:, 1] + 0.5 * heights
         wx, wy, ww, wh = self.weights
@@ -36,17 +41,37 @@ class BoxTransform:
         pred_w = torch.exp(dw) * widths[:, None]
         pred_h = torch.exp(dh) * heights[:, None]
         out = torch.stack((pred_ctr_x - 0.5 * pred_w, pred_ctr_y - 0.5 * pred_h,
-                           pred_ctr_x + 0.5 * pred_w, pred_ctr_y + 0.5 * pred_h), dim=2)
+                           pred_ctr_x + 0.5 * pred_w - self.offset, pred_ctr_y + 0.5 * pred_h - self.offset), dim=2)
         return out.reshape(deltas.shape)
 
 
-def clip(boxes: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-    """Clamp x to [0, w] and y to [0, h] (detectron2 Boxes.clip: no -1)."""
+def clip(boxes: torch.Tensor, hw: tuple[int, int], offset: int = 0) -> torch.Tensor:
+    """Clamp x to [0, w - offset] and y to [0, h - offset] (detectron2 Boxes.clip: offset 0;
+    maskrcnn-benchmark BoxList.clip_to_image: 1)."""
     h, w = hw
-    x = boxes[..., 0::2].clamp(min=0, max=w)
-    y = boxes[..., 1::2].clamp(min=0, max=h)
+    x = boxes[..., 0::2].clamp(min=0, max=w - offset)
+    y = boxes[..., 1::2].clamp(min=0, max=h - offset)
     return torch.stack((x[..., 0], y[..., 0], x[..., 1], y[..., 1]), dim=-1)
 
 
 def nonempty(boxes: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
     return ((boxes[:, 2] - boxes[:, 0]) > threshold) & ((boxes[:, 3] - boxes[:, 1]) > threshold)
+
+
+def area(boxes: torch.Tensor, offset: int = 0) -> torch.Tensor:
+    return (boxes[:, 2] - boxes[:, 0] + offset) * (boxes[:, 3] - boxes[:, 1] + offset)
+
+
+def nms_plus_one(boxes: torch.Tensor, scores: torch.Tensor, thresh: float, suppress_equal: bool = False
+                 ) -> torch.Tensor:
+    """NMS with maskrcnn-benchmark's "+1" areas (its csrc nms kernels): torchvision nms on boxes grown by 1 at
+    x2/y2, which gives the same IoUs. `suppress_equal`: suppress at IoU >= thresh (the CPU kernel; the CUDA one
+    suppresses at >), done as > the float32 just below thresh. Kept indices in score order."""
+    grown = boxes.float() + torch.tensor([0.0, 0.0, 1.0, 1.0], device=boxes.device)
+    t = float(thresh)
+    if suppress_equal:
+        t32 = np.float32(thresh)
+        if float(t32) < thresh:
+            t32 = np.nextafter(t32, np.float32(np.inf))
+        t = float(np.nextafter(t32, np.float32(-np.inf)))
+    return nms(grown, scores.float(), t)

@@ -1,16 +1,20 @@
 """RoI box heads: pooling into a res5 head (C4) and the class / box / attribute predictors.
 
 Contract: `Res5ROIHeads(feature_map, rois)` -> (R, C) pooled region features, where `rois` is (R, 5) rows
-(batch index, x1, y1, x2, y2) in input pixels; `Predictor(features)` -> class logits (R, K+1), box deltas
-(R, 4K or 4) and, with attributes, attribute logits (R, A+1).
+(batch index, x1, y1, x2, y2) in input pixels; `MLPHead(maps, rois)` -> (fc6, fc7) (FPN models);
+`Predictor(features)` -> class logits (R, K+1), box deltas (R, 4K, 4(K+1) or 4) and, with attributes,
+attribute logits (R, A+1).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align, roi_pool
 
+from .boxes import area
 from .resnet import ResNetSpec, make_stage
 
 
@@ -29,6 +33,50 @@ class Pooler(nn.Module):
         if self.kind == "ROIPool":
             return roi_pool(x, rois, self.resolution, self.scale)
         return roi_align(x, rois, self.resolution, self.scale, self.sampling_ratio, aligned=self.kind == "ROIAlignV2")
+
+
+class LevelPooler(nn.Module):
+    """ROIAlign (aligned=False) over FPN levels, each RoI on the level the FPN paper's heuristic gives it, as
+    maskrcnn-benchmark's modeling/poolers.py LevelMapper does: floor(4 + log2(sqrt(area) / 224 + 1e-6)) with
+    "+1" areas, clamped to the levels there are."""
+
+    def __init__(self, resolution: int, scales: tuple[float, ...], sampling_ratio: int):
+        super().__init__()
+        self.resolution, self.scales, self.sampling_ratio = resolution, scales, sampling_ratio
+        # poolers.py: k_min/k_max from the first/last scale; LevelMapper canonical_scale 224, level 4, eps 1e-6
+        self.k_min = round(-math.log2(scales[0]))
+        self.k_max = round(-math.log2(scales[-1]))
+
+    def levels(self, boxes: torch.Tensor) -> torch.Tensor:
+        s = torch.sqrt(area(boxes.float(), offset=1))
+        lvl = torch.floor(4 + torch.log2(s / 224 + 1e-6))
+        return torch.clamp(lvl, min=self.k_min, max=self.k_max).to(torch.int64) - self.k_min
+
+    def forward(self, maps: list[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
+        rois = rois.to(maps[0].dtype)
+        levels = self.levels(rois[:, 1:])
+        out = maps[0].new_zeros((len(rois), maps[0].shape[1], self.resolution, self.resolution))
+        for lvl, (x, scale) in enumerate(zip(maps, self.scales)):
+            idx = torch.nonzero(levels == lvl).squeeze(1)
+            if len(idx):
+                out[idx] = roi_align(x, rois[idx], self.resolution, scale, self.sampling_ratio, aligned=False)
+        return out
+
+
+class MLPHead(nn.Module):
+    """maskrcnn-benchmark FPN2MLPFeatureExtractor (roi_box_feature_extractors.py): pooled (C, 7, 7) flattened,
+    fc6 + ReLU, fc7 + ReLU. Returns both: VMB's region feature is fc6, the predictor reads fc7."""
+
+    def __init__(self, pooler: LevelPooler, cin: int, dim: int):
+        super().__init__()
+        self.pooler = pooler
+        self.fc6 = nn.Linear(cin * pooler.resolution ** 2, dim)
+        self.fc7 = nn.Linear(dim, dim)
+
+    def forward(self, maps: list[torch.Tensor], rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.pooler(maps, rois).flatten(1)
+        fc6 = F.relu(self.fc6(x))
+        return fc6, F.relu(self.fc7(fc6))
 
 
 class Res5ROIHeads(nn.Module):
@@ -50,10 +98,15 @@ class Predictor(nn.Module):
     (roi_heads/fast_rcnn.py): the argmax class over all K+1 logits (background included) is embedded
     (C/8), concatenated to the feature, fc_attr (C/4) + ReLU, attr_score (A+1)."""
 
-    def __init__(self, cin: int, num_classes: int, class_agnostic: bool = False, num_attrs: int = 0):
+    def __init__(self, cin: int, num_classes: int, class_agnostic: bool = False, num_attrs: int = 0,
+                 box_classes: int | None = None):
+        """`box_classes`: how many classes the regression predicts (default: K, or 1 when class-agnostic;
+        maskrcnn-benchmark predicts K + 1, background included)."""
         super().__init__()
         self.cls_score = nn.Linear(cin, num_classes + 1)
-        self.bbox_pred = nn.Linear(cin, 4 * (1 if class_agnostic else num_classes))
+        if box_classes is None:
+            box_classes = 1 if class_agnostic else num_classes
+        self.bbox_pred = nn.Linear(cin, 4 * box_classes)
         self.num_attrs = num_attrs
         if num_attrs:
             self.cls_embedding = nn.Embedding(num_classes + 1, cin // 8)

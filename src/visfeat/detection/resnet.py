@@ -33,6 +33,7 @@ class ResNetSpec:
     stride_in_1x1: bool = True
     caffe_maxpool: bool = False
     res5_dilation: int = 1
+    bn_eps: float | None = 1e-5  # None: maskrcnn-benchmark's FrozenBatchNorm2d (no eps)
 
     def stage(self, i: int) -> tuple[int, int, int]:
         """(blocks, bottleneck channels, out channels) of stage i = 2..5."""
@@ -41,11 +42,12 @@ class ResNetSpec:
 
 
 class FrozenBatchNorm2d(nn.Module):
-    """Batch norm with fixed statistics and affine (buffers weight, bias, running_mean, running_var; eps 1e-5).
-    Evaluated with F.batch_norm as detectron2's FrozenBatchNorm2d does without gradients (layers/batch_norm.py),
-    so the float operations, not only the maths, match the originals."""
+    """Batch norm with fixed statistics and affine (buffers weight, bias, running_mean, running_var).
+    With `eps` (1e-5): evaluated with F.batch_norm as detectron2's FrozenBatchNorm2d does without gradients
+    (layers/batch_norm.py), so the float operations, not only the maths, match. With `eps=None`:
+    maskrcnn-benchmark's (layers/batch_norm.py): scale = weight * rsqrt(running_var), no eps, x * scale + bias'."""
 
-    def __init__(self, n: int, eps: float = 1e-5):
+    def __init__(self, n: int, eps: float | None = 1e-5):
         super().__init__()
         self.eps = eps
         self.register_buffer("weight", torch.ones(n))
@@ -54,6 +56,10 @@ class FrozenBatchNorm2d(nn.Module):
         self.register_buffer("running_var", torch.ones(n))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.eps is None:
+            scale = self.weight * self.running_var.rsqrt()
+            bias = self.bias - self.running_mean * scale
+            return x * scale.reshape(1, -1, 1, 1).to(x.dtype) + bias.reshape(1, -1, 1, 1).to(x.dtype)
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
 
 
@@ -61,9 +67,9 @@ class ConvNorm(nn.Conv2d):
     """Conv without bias followed by a frozen batch norm under `.norm` (detectron2's Conv2d(norm=...))."""
 
     def __init__(self, cin: int, cout: int, k: int, stride: int = 1, padding: int = 0, dilation: int = 1,
-                 groups: int = 1):
+                 groups: int = 1, eps: float | None = 1e-5):
         super().__init__(cin, cout, k, stride=stride, padding=padding, dilation=dilation, groups=groups, bias=False)
-        self.norm = FrozenBatchNorm2d(cout)
+        self.norm = FrozenBatchNorm2d(cout, eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.norm(super().forward(x))
@@ -97,13 +103,14 @@ def mask_outside(x: torch.Tensor, sizes: Sizes | None) -> torch.Tensor:
 
 class Bottleneck(nn.Module):
     def __init__(self, cin: int, cout: int, bottleneck: int, stride: int, groups: int, stride_in_1x1: bool,
-                 dilation: int = 1):
+                 dilation: int = 1, eps: float | None = 1e-5):
         super().__init__()
-        self.shortcut = ConvNorm(cin, cout, 1, stride=stride) if cin != cout else None
+        self.shortcut = ConvNorm(cin, cout, 1, stride=stride, eps=eps) if cin != cout else None
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
-        self.conv1 = ConvNorm(cin, bottleneck, 1, stride=s1)
-        self.conv2 = ConvNorm(bottleneck, bottleneck, 3, stride=s3, padding=dilation, dilation=dilation, groups=groups)
-        self.conv3 = ConvNorm(bottleneck, cout, 1)
+        self.conv1 = ConvNorm(cin, bottleneck, 1, stride=s1, eps=eps)
+        self.conv2 = ConvNorm(bottleneck, bottleneck, 3, stride=s3, padding=dilation, dilation=dilation,
+                              groups=groups, eps=eps)
+        self.conv3 = ConvNorm(bottleneck, cout, 1, eps=eps)
 
     def forward(self, x: torch.Tensor, sizes: Sizes | None = None) -> torch.Tensor:
         out = F.relu_(self.conv1(x))
@@ -120,9 +127,9 @@ class Bottleneck(nn.Module):
 
 
 class Stem(nn.Module):
-    def __init__(self, cout: int, caffe_maxpool: bool):
+    def __init__(self, cout: int, caffe_maxpool: bool, eps: float | None = 1e-5):
         super().__init__()
-        self.conv1 = ConvNorm(3, cout, 7, stride=2, padding=3)
+        self.conv1 = ConvNorm(3, cout, 7, stride=2, padding=3, eps=eps)
         self.caffe_maxpool = caffe_maxpool
 
     def forward(self, x: torch.Tensor, sizes: Sizes | None = None) -> torch.Tensor:
@@ -145,7 +152,7 @@ def make_stage(spec: ResNetSpec, i: int) -> nn.Sequential:
     blocks = []
     for b in range(n):
         blocks.append(Bottleneck(cin if b == 0 else cout, cout, bottleneck, first_stride if b == 0 else 1,
-                                 spec.num_groups, spec.stride_in_1x1, dilation))
+                                 spec.num_groups, spec.stride_in_1x1, dilation, spec.bn_eps))
     return nn.Sequential(*blocks)
 
 
@@ -155,7 +162,7 @@ class ResNet(nn.Module):
     def __init__(self, spec: ResNetSpec, last: int = 4):
         super().__init__()
         self.spec = spec
-        self.stem = Stem(spec.stem_out, spec.caffe_maxpool)
+        self.stem = Stem(spec.stem_out, spec.caffe_maxpool, spec.bn_eps)
         self.stages = [f"res{i}" for i in range(2, last + 1)]
         for i in range(2, last + 1):
             self.add_module(f"res{i}", make_stage(spec, i))
@@ -166,21 +173,33 @@ class ResNet(nn.Module):
 
     def forward(self, x: torch.Tensor, sizes: Sizes | None = None) -> torch.Tensor:
         """`sizes`: each image's unpadded (h, w) when the batch is padded (see the module docstring)."""
+        return self.forward_stages(x, sizes)[-1][0]
+
+    def forward_stages(self, x: torch.Tensor, sizes: Sizes | None = None) -> list[tuple[torch.Tensor, Sizes | None]]:
+        """Every stage's output with each image's extent on it (None when nothing is padded): FPN reads them all."""
         if sizes is not None and all(tuple(hw) == tuple(x.shape[2:]) for hw in sizes):
             sizes = None  # nothing padded: the plain path
         x = self.stem(x, sizes)
         if sizes is not None:
             sizes = self.stem.out_sizes(sizes)
+        outs = []
         for name in self.stages:
             for block in getattr(self, name):
                 x = block(x, sizes)
                 if sizes is not None:
                     sizes = strided(sizes, block.stride)
-        return mask_outside(x, sizes)
+            outs.append((mask_outside(x, sizes), sizes))
+        return outs
 
     def out_sizes(self, sizes: Sizes) -> Sizes:
+        return self.stage_sizes(sizes)[-1]
+
+    def stage_sizes(self, sizes: Sizes) -> list[Sizes]:
+        """Each image's extent on every stage's output."""
         sizes = self.stem.out_sizes(sizes)
+        out = []
         for name in self.stages:
             for block in getattr(self, name):
                 sizes = strided(sizes, block.stride)
-        return sizes
+            out.append(sizes)
+        return out

@@ -14,6 +14,15 @@ image. Output `Selection`: `keep` indices into the proposals (their features are
   suppression gives each proposal the best score with which it survives, `max_conf`; keep
   `max_conf >= conf_thresh`, clamped to [min_boxes, max_boxes] by max_conf. Saved boxes are those scaled
   proposals (no regression, no clipping).
+- `nms_filter`: scene_graph_benchmark's NMS_FILTER 1 (VinVL; modeling/roi_heads/box_head/inference.py
+  filter_results_peter): per class over all proposals, NMS (torchvision's, plain IoU) at 0.3 on that class's
+  box; each proposal keeps the best class it survived for; sorted, keep score >= `conf_thresh` but at least
+  `min_boxes` and at most `max_boxes`. Saved boxes: the class's regressed box (or the proposal when the
+  regression is ignored), in input pixels.
+- `vmb`: MMF tools/scripts/features/extract_features_vmb.py: proposals / `scale` (its one im_scale), per
+  class NMS 0.5 with vqa-maskrcnn-benchmark's "+1" kernel, `max_conf` updated where a surviving score beats
+  it and `conf_thresh`; the `max_boxes` best by max_conf (stable order), `num_boxes` = how many are nonzero;
+  objects = argmax of the foreground probabilities. Saved boxes: those scaled proposals.
 - `topk`: the `max_boxes` proposals with the highest foreground score, no threshold, no NMS.
 """
 from __future__ import annotations
@@ -24,6 +33,8 @@ import numpy as np
 import torch
 from torchvision.ops import nms
 
+from .boxes import nms_plus_one as boxes_nms_plus_one
+
 
 @dataclass
 class Selection:
@@ -32,6 +43,7 @@ class Selection:
     obj_id: torch.Tensor  # (k,) int64, 0-based foreground class
     obj_conf: torch.Tensor  # (k,)
     original: bool = False  # boxes already in original-image pixels (no detectron2 postprocess)
+    num_boxes: int | None = None  # MMF VMB's count of kept boxes with a nonzero score (None: all kept)
 
 
 def milvlg_scale(orig_hw: tuple[int, int], short: int, max_size: int) -> float:
@@ -44,15 +56,10 @@ def milvlg_scale(orig_hw: tuple[int, int], short: int, max_size: int) -> float:
 
 
 def nms_plus_one(boxes: torch.Tensor, scores: torch.Tensor, thresh: float) -> torch.Tensor:
-    """maskrcnn-benchmark's CPU NMS: areas (x2 - x1 + 1)(y2 - y1 + 1), suppress when IoU >= thresh; kept indices
-    in index order. Via torchvision: +1 areas = boxes grown by 1 at x2/y2; `>= t` on float32 IoUs = `> the
-    float32 just below t`."""
-    grown = boxes.float() + torch.tensor([0.0, 0.0, 1.0, 1.0], device=boxes.device)
-    t = np.float32(thresh)
-    if float(t) < thresh:
-        t = np.nextafter(t, np.float32(np.inf))
-    keep = nms(grown, scores.float(), float(np.nextafter(t, np.float32(-np.inf))))
-    return keep.sort().values
+    """maskrcnn-benchmark's CPU NMS (MILVLG runs it on CPU tensors): "+1" areas, suppress when IoU >= thresh;
+    kept indices in index order."""
+    return boxes_nms_plus_one(boxes, scores, thresh, suppress_equal=True).sort().values
+
 
 def maxnms(proposals, probs, class_boxes, *, min_boxes: int = 36, max_boxes: int = 36,
            thresholds=tuple(np.arange(0.3, 1.0, 0.1))) -> Selection:
@@ -90,7 +97,35 @@ def topk(proposals, probs, class_boxes, *, max_boxes: int = 100) -> Selection:
     return Selection(keep, proposals[keep], cls[keep], conf[keep])
 
 
-STRATEGIES = {"maxnms": maxnms, "perclass": perclass, "topk": topk}
+def nms_filter(proposals, probs, class_boxes, *, min_boxes: int = 10, max_boxes: int = 100,
+               conf_thresh: float = 0.2, nms_thresh: float = 0.3) -> Selection:
+    mask = torch.zeros_like(probs)
+    for c in range(probs.shape[1]):
+        mask[nms(class_boxes[:, c].float(), probs[:, c].float(), nms_thresh), c] = 1
+    best, cls = (mask * probs).max(1)
+    cand = torch.nonzero(best).flatten()
+    best, cls = best[cand], cls[cand]
+    order = torch.argsort(best, descending=True, stable=True)
+    n = int((best >= conf_thresh).sum())
+    order = order[:min_boxes] if n < min_boxes else order[:min(n, max_boxes)]
+    keep = cand[order]
+    return Selection(keep, class_boxes[keep, cls[order]], cls[order], best[order])
+
+
+def vmb(proposals, probs, class_boxes, *, scale: float, max_boxes: int = 100, conf_thresh: float = 0.0,
+        nms_thresh: float = 0.5) -> Selection:
+    dets = proposals.float() / scale
+    max_conf = torch.zeros(len(proposals), dtype=probs.dtype, device=probs.device)
+    for c in range(probs.shape[1]):
+        kept = boxes_nms_plus_one(dets, probs[:, c], nms_thresh)
+        s = probs[kept, c]
+        max_conf[kept] = torch.where((s > max_conf[kept]) & (s > conf_thresh), s, max_conf[kept])
+    order = torch.argsort(max_conf, descending=True, stable=True)[:max_boxes]
+    conf, cls = probs[order].max(1)
+    return Selection(order, dets[order], cls, conf, original=True, num_boxes=int((max_conf[order] != 0).sum()))
+
+
+STRATEGIES = {"maxnms": maxnms, "perclass": perclass, "nms_filter": nms_filter, "vmb": vmb, "topk": topk}
 
 
 def select(name: str, proposals, probs, class_boxes, **kwargs) -> Selection:
