@@ -11,7 +11,19 @@ Available:
   int64 / float32 bytes. A store without attributes exports zeros there, as LXMERT's own script does.
 - `vissl-npy` (VISSL extract_features): OUT is a folder of `rank0_chunk0_{split}_{layer}_{features,targets,inds}.npy`
   per fixed float field (`--split`, default train); see visfeat/vissl_features.py.
-The grid layouts (mmf-npy, xlxmert-grid8) arrive with the presets that produce them.
+- `mmf-npy` (MMF extract_features_vmb.py / extract_features_vinvl.py, read by MMF's
+  PaddedFasterRCNNFeatureReader): OUT is a folder with `<image_id>.npy` + `<image_id>_info.npy` (a pickled dict)
+  per image. VMB flavour (a store without attribute lists): features (K, D); info bbox (K, 4) original pixels,
+  num_boxes, objects (K,) 0-based, cls_prob (K, C) without the background column, image_width, image_height.
+  VinVL flavour (a store with `attr_ids`): features (K, D + 6) = MMF's 2054-d (the region feature then
+  x1/w, y1/h, x2/w, y2/h, (x2-x1)/w, (y2-y1)/h); info labels (1-based), scores, box_features (K, D),
+  attr_labels / attr_scores (K, 16) (1-based, 0 with score 0 where the box has fewer attributes), bbox (K, 6)
+  normalised, image_width, image_height, and scores_all when the store kept cls_prob. MMF's boxes_all and
+  attr_feature are not stored by visfeat, so not exported.
+- `xlxmert-boxes36` (X-LXMERT `{backbone}_{split}_boxes36.h5`): OUT is one HDF5 file with a group per image id
+  holding features (K, D) float32, obj_id, boxes (K, 4) original pixels, img_w, img_h.
+- `xlxmert-grid8` (X-LXMERT `{backbone}_{split}_grid8.h5`): OUT is one HDF5 file with a group per image id
+  holding `features` (8, 8, D) float32.
 """
 from __future__ import annotations
 
@@ -128,16 +140,104 @@ def export_vissl_npy(path: str, out: str, split: str = "train") -> int:
     return _export(path, out, split=split)
 
 
+def box_geometry(boxes: np.ndarray, w: int, h: int) -> np.ndarray:
+    """MMF extract_features_vinvl.py _norm_box: (K, 6) x1/w, y1/h, x2/w, y2/h, then normalised width, height."""
+    out = np.zeros((len(boxes), 6), np.float32)
+    out[:, :4] = boxes
+    out[:, [0, 2]] /= w
+    out[:, [1, 3]] /= h
+    out[:, 4] = out[:, 2] - out[:, 0]
+    out[:, 5] = out[:, 3] - out[:, 1]
+    return out
+
+
+def _foreground(cls_prob: np.ndarray, store: FeatureStore) -> np.ndarray:
+    """Drop the background column: first for maskrcnn-benchmark models (`legacy`), last for detectron2's."""
+    legacy = bool(store.config.get("legacy", False))
+    return cls_prob[:, 1:] if legacy else cls_prob[:, :-1]
+
+
+def export_mmf_npy(path: str, out: str) -> int:
+    store = _regions(path, "mmf-npy")
+    vinvl = "attr_ids" in {s.name for s in store.specs}
+    Path(out).mkdir(parents=True, exist_ok=True)
+    n = 0
+    for image_id, (ih, iw), f in per_image(store):
+        feats = f["features"].astype(np.float32)
+        boxes = f["boxes"].astype(np.float32)
+        if vinvl:
+            geo = box_geometry(boxes, iw, ih)
+            info = {"labels": f["obj_id"].astype(np.int64) + 1, "scores": f["obj_conf"].astype(np.float32),
+                    "box_features": feats, "attr_labels": np.where(f["attr_ids"] >= 0, f["attr_ids"] + 1, 0),
+                    "attr_scores": f["attr_confs"].astype(np.float32), "bbox": geo,
+                    "image_width": iw, "image_height": ih}
+            if "cls_prob" in f:
+                info["scores_all"] = f["cls_prob"].astype(np.float32)
+            feats = np.concatenate([feats, geo], 1)
+        else:
+            info = {"bbox": boxes, "num_boxes": int(f["num_boxes"]), "objects": f["obj_id"].astype(np.int64),
+                    "image_width": iw, "image_height": ih}
+            if "cls_prob" in f:
+                info["cls_prob"] = _foreground(f["cls_prob"].astype(np.float32), store)
+        dest = Path(out) / f"{image_id}.npy"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        np.save(dest, feats)
+        np.save(dest.with_name(f"{Path(image_id).name}_info.npy"), info)
+        n += 1
+    return n
+
+
+def export_xlxmert_boxes36(path: str, out: str) -> int:
+    import h5py
+
+    store = FeatureStore(path)
+    names = {s.name for s in store.specs}
+    if not {"features", "boxes", "obj_id"} <= names:
+        raise ValueError(f"xlxmert-boxes36 needs a region store (features, boxes, obj_id); {path} has {sorted(names)}")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(out).with_name(Path(out).name + ".tmp")
+    n = 0
+    with h5py.File(tmp, "w") as h:
+        for image_id, (ih, iw), f in per_image(store):
+            g = h.create_group(image_id)  # coco_extract_bbox_feature.py's datasets, in its order
+            g["features"] = f["features"].astype(np.float32)
+            g["obj_id"] = f["obj_id"].astype(np.int64)
+            g["boxes"] = f["boxes"].astype(np.float32)
+            g["img_w"], g["img_h"] = iw, ih
+            n += 1
+    tmp.replace(out)
+    return n
+
+
+def export_xlxmert_grid8(path: str, out: str) -> int:
+    import h5py
+
+    store = FeatureStore(path)
+    spec = next((s for s in store.specs if s.name == "grid" and len(s.shape) == 3 and not s.ragged), None)
+    if spec is None:
+        raise ValueError(f"xlxmert-grid8 needs a fixed grid field (h, w, C); {path} has "
+                         f"{sorted(s.name for s in store.specs)}")
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(out).with_name(Path(out).name + ".tmp")
+    n = 0
+    with h5py.File(tmp, "w") as h:
+        for ids, _, _, fields, _ in iter_rows(store):
+            for k, image_id in enumerate(ids):
+                h.create_group(image_id)["features"] = fields["grid"][k].astype(np.float32)
+                n += 1
+    tmp.replace(out)
+    return n
+
+
 EXPORTERS = {"xmodaler-npz": export_xmodaler_npz, "lxmert-h5": export_lxmert_h5, "lxmert-tsv": export_lxmert_tsv,
-             "vissl-npy": export_vissl_npy}
-PLANNED = ("mmf-npy", "xlxmert-grid8")
+             "vissl-npy": export_vissl_npy, "mmf-npy": export_mmf_npy,
+             "xlxmert-boxes36": export_xlxmert_boxes36, "xlxmert-grid8": export_xlxmert_grid8}
 SPLIT_FORMATS = ("vissl-npy",)  # formats whose file names carry a split (`visfeat export --split`)
 
 
 def export(fmt: str, path: str, out: str, split: str | None = None) -> int:
     if fmt not in EXPORTERS:
-        extra = f" ({fmt} comes with the region/grid presets, not yet available)" if fmt in PLANNED else ""
-        raise ValueError(f"unknown export format {fmt!r}{extra}; available: {', '.join(EXPORTERS)}")
+        raise ValueError(f"unknown export format {fmt!r}; available: {', '.join(EXPORTERS)}")
     if split is not None:
         if fmt not in SPLIT_FORMATS:
             raise ValueError(f"--split applies to {', '.join(SPLIT_FORMATS)}, not {fmt}")

@@ -4,6 +4,10 @@
   attr_id, attr_conf, img_h, img_w).
 - `lxmert-tsv`: LXMERT's base64 TSV (img_id, img_h, img_w, objects_id, objects_conf, attrs_id, attrs_conf,
   num_boxes, boxes, features).
+- `xlxmert-boxes36`: X-LXMERT `{backbone}_{split}_boxes36.h5` (a group per image: features (36, D), obj_id,
+  boxes in original pixels, img_h, img_w; no confidences or attributes).
+- `xlxmert-grid8`: X-LXMERT `{backbone}_{split}_grid8.h5` (a group per image: features (8, 8, D)); the
+  layout has no image sizes, so `image_hw` is (0, 0).
 Streamed in chunks of images (memory bounded by the chunk, not the file). The source file's name, size and
 sha256 are recorded in the store's attributes. These layouts carry no image paths: `image_path` is empty.
 """
@@ -23,9 +27,10 @@ from .store import writing
 _REGION_FIELDS = (("obj_id", "int64"), ("obj_conf", "float32"), ("attr_id", "int64"), ("attr_conf", "float32"))
 
 
-def _region_specs(dim: int) -> list[FieldSpec]:
+def _region_specs(dim: int, names: tuple[str, ...]) -> list[FieldSpec]:
     return ([FieldSpec("features", (dim,), ragged="regions"), FieldSpec("boxes", (4,), ragged="regions")]
-            + [FieldSpec(n, (), t, ragged="regions") for n, t in _REGION_FIELDS] + [FieldSpec("num_boxes", (), "int64")])
+            + [FieldSpec(n, (), t, ragged="regions") for n, t in _REGION_FIELDS if n in names]
+            + [FieldSpec("num_boxes", (), "int64")])
 
 
 def _h5_rows(path: str) -> Iterator[tuple[str, tuple[int, int], dict[str, np.ndarray]]]:
@@ -59,7 +64,26 @@ def _tsv_rows(path: str) -> Iterator[tuple[str, tuple[int, int], dict[str, np.nd
                 "attr_id": dec("attrs_id", np.int64, (k,)), "attr_conf": dec("attrs_conf", np.float32, (k,))}
 
 
-READERS = {"lxmert-h5": _h5_rows, "lxmert-tsv": _tsv_rows}
+def _boxes36_rows(path: str) -> Iterator[tuple[str, tuple[int, int], dict[str, np.ndarray]]]:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        for image_id in f:
+            g = f[image_id]
+            yield image_id, (int(g["img_h"][()]), int(g["img_w"][()])), {
+                k: g[k][()] for k in ("features", "boxes", "obj_id")}
+
+
+def _grid8_rows(path: str) -> Iterator[tuple[str, tuple[int, int], dict[str, np.ndarray]]]:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        for image_id in f:
+            yield image_id, (0, 0), {"grid": f[image_id]["features"][()]}
+
+
+READERS = {"lxmert-h5": _h5_rows, "lxmert-tsv": _tsv_rows, "xlxmert-boxes36": _boxes36_rows,
+           "xlxmert-grid8": _grid8_rows}
 
 
 def _sha256(path: str) -> str:
@@ -78,7 +102,9 @@ def import_features(fmt: str, src: str, out: str, preset: str = "", source_url: 
     first = next(rows, None)
     if first is None:
         raise ValueError(f"{src}: no images in this {fmt} file")
-    specs = _region_specs(first[2]["features"].shape[1])
+    grid = fmt == "xlxmert-grid8"
+    specs = ([FieldSpec("grid", tuple(first[2]["grid"].shape))] if grid
+             else _region_specs(first[2]["features"].shape[1], tuple(first[2])))
     attrs = {"preset": preset, "extractor": preset or fmt, "config": json.dumps({"imported_from": fmt}),
              "weights_sha256": "", "visfeat_version": __version__, "source_file": Path(src).name,
              "source_url": source_url, "source_sha256": _sha256(src), "source_bytes": Path(src).stat().st_size}
@@ -88,17 +114,24 @@ def import_features(fmt: str, src: str, out: str, preset: str = "", source_url: 
         for row in rows:
             buf.append(row)
             if len(buf) == chunk:
-                n += _flush(w, buf)
+                n += (_flush_grid if grid else _flush)(w, buf)
                 buf = []
         if buf:
-            n += _flush(w, buf)
+            n += (_flush_grid if grid else _flush)(w, buf)
     return n
 
 
+def _flush_grid(w, buf) -> int:
+    w.append([r[0] for r in buf], [""] * len(buf), np.asarray([r[1] for r in buf], np.int32),
+             {"grid": np.stack([r[2]["grid"] for r in buf]).astype(np.float32)}, {})
+    return len(buf)
+
+
 def _flush(w, buf) -> int:
-    fields = {name: np.concatenate([r[2][name] for r in buf]) for name in
-              ("features", "boxes", "obj_id", "obj_conf", "attr_id", "attr_conf")}
+    fields = {name: np.concatenate([r[2][name] for r in buf]) for name in buf[0][2]}
     fields["features"] = fields["features"].astype(np.float32)
+    fields["boxes"] = fields["boxes"].astype(np.float32)
+    fields["obj_id"] = fields["obj_id"].astype(np.int64)
     counts = np.asarray([len(r[2]["boxes"]) for r in buf], np.int64)
     fields["num_boxes"] = counts
     w.append([r[0] for r in buf], [""] * len(buf), np.asarray([r[1] for r in buf], np.int32), fields,

@@ -28,11 +28,34 @@ class Pooler(nn.Module):
             raise ValueError(f"unknown pooler {kind!r}: ROIPool, ROIAlign or ROIAlignV2")
         self.kind, self.resolution, self.scale, self.sampling_ratio = kind, resolution, scale, sampling_ratio
 
-    def forward(self, x: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
-        rois = rois.to(x.dtype)
+    def forward(self, x: torch.Tensor, rois: torch.Tensor, extents: list[tuple[int, int]] | None = None
+                ) -> torch.Tensor:
+        """`extents`: each image's own (h, w) on a padded batch's map; its RoIs are pooled from that crop, as
+        alone (ROIAlign clamps samples at the map's last row/column, so the padding would otherwise leak in)."""
+        return per_image(self._pool, x, rois.to(x.dtype), extents)
+
+    def _pool(self, x: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
         if self.kind == "ROIPool":
             return roi_pool(x, rois, self.resolution, self.scale)
         return roi_align(x, rois, self.resolution, self.scale, self.sampling_ratio, aligned=self.kind == "ROIAlignV2")
+
+
+def per_image(pool, x: torch.Tensor, rois: torch.Tensor, extents: list[tuple[int, int]] | None) -> torch.Tensor:
+    """pool(x, rois), each image's RoIs on its own crop x[i, :, :h, :w] when `extents` is given."""
+    if extents is None or all(tuple(e) == tuple(x.shape[2:]) for e in extents):
+        return pool(x, rois)
+    out = None
+    for i, (h, w) in enumerate(extents):
+        idx = torch.nonzero(rois[:, 0] == i).squeeze(1)
+        if not len(idx):
+            continue
+        r = rois[idx].clone()
+        r[:, 0] = 0
+        y = pool(x[i:i + 1, :, :h, :w], r)
+        if out is None:
+            out = y.new_zeros((len(rois), *y.shape[1:]))
+        out[idx] = y
+    return out if out is not None else pool(x, rois)
 
 
 class LevelPooler(nn.Module):
@@ -52,14 +75,18 @@ class LevelPooler(nn.Module):
         lvl = torch.floor(4 + torch.log2(s / 224 + 1e-6))
         return torch.clamp(lvl, min=self.k_min, max=self.k_max).to(torch.int64) - self.k_min
 
-    def forward(self, maps: list[torch.Tensor], rois: torch.Tensor) -> torch.Tensor:
+    def forward(self, maps: list[torch.Tensor], rois: torch.Tensor,
+                extents: list[list[tuple[int, int]]] | None = None) -> torch.Tensor:
+        """`extents`: per level, each image's own (h, w) on it (see `per_image`)."""
         rois = rois.to(maps[0].dtype)
         levels = self.levels(rois[:, 1:])
         out = maps[0].new_zeros((len(rois), maps[0].shape[1], self.resolution, self.resolution))
         for lvl, (x, scale) in enumerate(zip(maps, self.scales)):
             idx = torch.nonzero(levels == lvl).squeeze(1)
             if len(idx):
-                out[idx] = roi_align(x, rois[idx], self.resolution, scale, self.sampling_ratio, aligned=False)
+                def pool(m, r, scale=scale):
+                    return roi_align(m, r, self.resolution, scale, self.sampling_ratio, aligned=False)
+                out[idx] = per_image(pool, x, rois[idx], None if extents is None else extents[lvl])
         return out
 
 
@@ -73,8 +100,8 @@ class MLPHead(nn.Module):
         self.fc6 = nn.Linear(cin * pooler.resolution ** 2, dim)
         self.fc7 = nn.Linear(dim, dim)
 
-    def forward(self, maps: list[torch.Tensor], rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.pooler(maps, rois).flatten(1)
+    def forward(self, maps: list[torch.Tensor], rois: torch.Tensor, extents=None) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.pooler(maps, rois, extents).flatten(1)
         fc6 = F.relu(self.fc6(x))
         return fc6, F.relu(self.fc7(fc6))
 
@@ -89,8 +116,8 @@ class Res5ROIHeads(nn.Module):
         self.res5 = make_stage(spec, 5)
         self.box_predictor = predictor
 
-    def forward(self, x: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
-        return self.res5(self.pooler(x, rois)).mean(dim=(2, 3))
+    def forward(self, x: torch.Tensor, rois: torch.Tensor, extents=None) -> torch.Tensor:
+        return self.res5(self.pooler(x, rois, extents)).mean(dim=(2, 3))
 
 
 class Predictor(nn.Module):

@@ -5,7 +5,7 @@
   features as if it ran alone on its own canvas (activations outside it are zeroed, see `resnet`).
 - `proposals(feat, image_sizes, canvas_sizes)`: per image (boxes (P, 4), objectness (P,)) in input pixels,
   clipped to `image_sizes`, from the anchors inside that image's own canvas.
-- `regions(feat, boxes_per_image)`: RoI features (sum P, C), rows in image order (C4: mean-pooled res5; FPN:
+- `regions(feat, boxes_per_image, canvas_sizes)`: RoI features (sum P, C), rows in image order (C4: mean-pooled res5; FPN:
   fc6), and the predictor's input (C4: the same; FPN: fc7).
 - `predict(head_input)`: class logits (R, K+1), deltas, attribute logits or None.
 - `decode(deltas, boxes)`: class-specific regressed boxes (R, K, 4), foreground classes only.
@@ -112,13 +112,18 @@ class C4Detector(_Common):
         canvas = image_sizes if canvas_sizes is None else canvas_sizes
         return self.proposal_generator(feat, image_sizes, self.backbone.out_sizes(canvas))
 
-    def regions(self, feat: torch.Tensor, boxes: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.roi_heads(feat, _rois(boxes))
+    def regions(self, feat: torch.Tensor, boxes: list[torch.Tensor], canvas_sizes: Sizes | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.roi_heads(feat, _rois(boxes), self._extents(canvas_sizes))
         return x, x
 
-    def attributes(self, feat: torch.Tensor, boxes: list[torch.Tensor], labels: torch.Tensor) -> torch.Tensor:
+    def attributes(self, feat: torch.Tensor, boxes: list[torch.Tensor], labels: torch.Tensor,
+                   canvas_sizes: Sizes | None = None) -> torch.Tensor:
         """VinVL: attribute logits of `boxes` (res5 run again on them) given their 1-based labels."""
-        return self.attribute(self.roi_heads(feat, _rois(boxes)), labels)
+        return self.attribute(self.roi_heads(feat, _rois(boxes), self._extents(canvas_sizes)), labels)
+
+    def _extents(self, canvas_sizes: Sizes | None) -> Sizes | None:
+        return None if canvas_sizes is None else self.backbone.out_sizes(canvas_sizes)
 
 
 class FPN(nn.Module):
@@ -196,5 +201,7 @@ class FPNDetector(_Common):
         levels.append([(pool_out(h, 1, 2, 0, False), pool_out(w, 1, 2, 0, False)) for h, w in levels[-1]])
         return self.proposal_generator(feat, image_sizes, levels)
 
-    def regions(self, feat: list[torch.Tensor], boxes: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.roi_heads.box_head(feat[:4], _rois(boxes))
+    def regions(self, feat: list[torch.Tensor], boxes: list[torch.Tensor], canvas_sizes: Sizes | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        extents = None if canvas_sizes is None else self.backbone.body.stage_sizes(canvas_sizes)
+        return self.roi_heads.box_head(feat[:4], _rois(boxes), extents)

@@ -248,3 +248,138 @@ for _name, (_dir, _opts, _what) in _GRID.items():
             weights=(WeightFile(f"{_dir}.pth", f"{_GRID_URL}/{_dir}/{_dir}.pth"),),
         )
     )
+
+# ---------------------------------------------------------------------------------------------------------------
+# The maskrcnn-benchmark family, served by visfeat.detection (no maskrcnn-benchmark needed). Values: VinVL's
+# microsoft/scene_graph_benchmark @8e14944 sgg_configs/vgattr/vinvl_x152c4.yaml + maskrcnn_benchmark/config/
+# defaults.py + scene_graph_benchmark/config/sg_defaults.py, with MMF tools/scripts/features/
+# extract_features_vinvl.py's overrides; VMB's vqa-maskrcnn-benchmark configs/visual_genome_vqa/
+# e2e_faster_rcnn_X-152-32x8d-FPN_1x_MLP_2048_FPN_512_test.yaml (X-101: ..._X-101-64x4d-...) + its defaults.py,
+# with MMF tools/scripts/features/extract_features_vmb.py's arguments.
+_MMF_URL = "https://dl.fbaipublicfiles.com"
+_VINVL_OPTIONS = {
+    "size": "600/1000",  # vinvl_x152c4.yaml INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST
+    "preprocess": "maskrcnn",  # maskrcnn_benchmark/data/transforms: Resize.get_size, PIL bilinear, TO_BGR255
+    "input_format": "BGR",  # defaults.py INPUT.TO_BGR255
+    "pixel_mean": [103.530, 116.280, 123.675],  # vinvl_x152c4.yaml INPUT.PIXEL_MEAN
+    "pixel_std": [1.0, 1.0, 1.0],  # defaults.py INPUT.PIXEL_STD
+    "size_divisibility": 32,  # MMF extract_features_vinvl.py to_image_list(size_divisible=32)
+    "legacy": True,  # maskrcnn-benchmark conventions: FrozenBN without eps, "+1" boxes, background first
+    "depth": 152,  # vinvl_x152c4.yaml CONV_BODY R-152-C4
+    "stride_in_1x1": False,  # RESNETS.STRIDE_IN_1X1
+    "num_groups": 32,  # RESNETS.NUM_GROUPS
+    "width_per_group": 8,  # RESNETS.WIDTH_PER_GROUP
+    "caffe_maxpool": False,  # modeling/backbone/resnet.py StemWithFixedBatchNorm: max_pool2d(3, 2, padding 1)
+    "res5_dilation": 1,  # defaults.py RESNETS.RES5_DILATION: res5 head stride 2 (14x14 RoI -> 7x7)
+    "anchor_sizes": [32, 64, 128, 256, 512],  # defaults.py RPN.ANCHOR_SIZES (stride 16)
+    "anchor_ratios": [0.5, 1.0, 2.0],  # defaults.py RPN.ASPECT_RATIOS
+    "rpn_pre_nms_topk": 6000,  # vinvl_x152c4.yaml RPN.PRE_NMS_TOP_N_TEST
+    "rpn_post_nms_topk": 300,  # vinvl_x152c4.yaml RPN.POST_NMS_TOP_N_TEST
+    "rpn_nms_thresh": 0.7,  # defaults.py RPN.NMS_THRESH
+    "pooler": "ROIAlign",  # defaults.py: maskrcnn-benchmark's Pooler is ROIAlign (aligned=False)
+    "pooler_resolution": 14,  # defaults.py ROI_BOX_HEAD.POOLER_RESOLUTION
+    "sampling_ratio": 0,  # defaults.py ROI_BOX_HEAD.POOLER_SAMPLING_RATIO
+    "num_classes": 1594,  # vinvl_x152c4.yaml ROI_BOX_HEAD.NUM_CLASSES 1595 (with background)
+    "num_attrs": 524,  # ROI_ATTRIBUTE_HEAD.NUM_ATTRIBUTES 525 (with "no attribute")
+    "attr_head": "vinvl",  # AttrRCNN: attribute head on the final boxes
+    "attr_thresh": 0.05,  # vinvl_x152c4.yaml ROI_ATTRIBUTE_HEAD.POSTPROCESS_ATTRIBUTES_THRESHOLD
+    "attr_per_box": 16,  # sg_defaults.py ROI_ATTRIBUTE_HEAD.MAX_NUM_ATTR_PER_OBJ
+    "selection": "nms_filter",  # MMF: MODEL.ROI_HEADS.NMS_FILTER 1 (filter_results_peter)
+    "nms_thresh": 0.3,  # box_head/inference.py filter_results_peter: boxlist_nms(..., 0.3) hard-coded
+    "conf_thresh": 0.2,  # vinvl_x152c4.yaml ROI_HEADS.SCORE_THRESH
+    "min_boxes": 10,  # ROI_HEADS.MIN_DETECTIONS_PER_IMG
+    "max_boxes": 100,  # ROI_HEADS.DETECTIONS_PER_IMG
+    "ignore_box_regression": False,  # MMF sets TEST.IGNORE_BOX_REGRESSION False; the sgb README sets True
+    "keep_cls_prob": False,  # also store the (K, 1595) class probabilities (MMF's scores_all)
+}
+register(
+    Preset(
+        name="vinvl-x152c4",
+        family="detector",
+        builder="visfeat.extractors.detector:build",
+        summary="VinVL ResNeXt-152 C4 + attributes (1594 objects, 524 attributes), 10-100 boxes",
+        fields="features (K, 2048), boxes (K, 4), obj_id, obj_conf, attr_id, attr_conf (K,), attr_ids, "
+               "attr_confs (K, 16), num_boxes; MMF's 2054-d = exporter mmf-npy",
+        source="microsoft/scene_graph_benchmark AttrRCNN as MMF extract_features_vinvl.py runs it",
+        license="MIT (scene_graph_benchmark and VinVL weights)",
+        citation="Zhang et al., VinVL: Revisiting Visual Representations in Vision-Language Models, CVPR 2021",
+        options=dict(_VINVL_OPTIONS),
+        weights=(WeightFile("vinvl_vg_x152c4.pth", f"{_MMF_URL}/mmf/data/models/vinvl/detection/vinvl_vg_x152c4.pth"),),
+        weights_note="labels: VG-SGG-dicts-vgoi6-clipped.json (ids 1..1594); also on penzhanwu2's blob",
+    )
+)
+
+_VMB_OPTIONS = {
+    "size": "800/1333",  # extract_features_vmb.py MIN_SIZE / MAX_SIZE
+    "preprocess": "caffe_float",  # extract_features_vmb.py _image_transform: float BGR - mean, cv2 INTER_LINEAR
+    "input_format": "BGR",
+    "pixel_mean": [102.9801, 115.9465, 122.7717],  # extract_features_vmb.py _image_transform
+    "pixel_std": [1.0, 1.0, 1.0],
+    "size_divisibility": 32,  # extract_features_vmb.py to_image_list(size_divisible=32)
+    "clip_to": "canvas",  # vqa-maskrcnn-benchmark clips proposals to the padded canvas
+    "legacy": True,
+    "fpn": True,  # CONV_BODY R-152-FPN, FPN OUT_CHANNELS 512
+    "depth": 152,
+    "stride_in_1x1": False,  # RESNETS.STRIDE_IN_1X1
+    "num_groups": 32,  # RESNETS.NUM_GROUPS (X-101: 64)
+    "width_per_group": 8,  # RESNETS.WIDTH_PER_GROUP (X-101: 4)
+    "caffe_maxpool": False,  # StemWithFixedBatchNorm: max_pool2d(3, 2, padding 1)
+    "res5_dilation": 1,
+    "anchor_sizes": [32, 64, 128, 256, 512],  # defaults.py RPN.ANCHOR_SIZES, one per level
+    "anchor_strides": [4, 8, 16, 32, 64],  # RPN.ANCHOR_STRIDE
+    "anchor_ratios": [0.5, 1.0, 2.0],  # defaults.py RPN.ASPECT_RATIOS
+    "rpn_pre_nms_topk": 1000,  # RPN.PRE_NMS_TOP_N_TEST (per level)
+    "rpn_post_nms_topk": 1000,  # RPN.POST_NMS_TOP_N_TEST (per level)
+    "rpn_fpn_post_nms_topk": 1000,  # RPN.FPN_POST_NMS_TOP_N_TEST (per image)
+    "rpn_nms_thresh": 0.7,  # defaults.py RPN.NMS_THRESH
+    "nms_plus_one": True,  # the fork's csrc nms kernel: "+1" areas
+    "pooler": "ROIAlign",
+    "pooler_resolution": 7,  # ROI_BOX_HEAD.POOLER_RESOLUTION
+    "sampling_ratio": 2,  # ROI_BOX_HEAD.POOLER_SAMPLING_RATIO
+    "num_classes": 1600,  # ROI_BOX_HEAD.NUM_CLASSES 1601 (with background)
+    "selection": "vmb",
+    "nms_thresh": 0.5,  # extract_features_vmb.py: nms(dets, cls_scores, 0.5)
+    "conf_thresh": 0.0,  # extract_features_vmb.py --confidence_threshold
+    "max_boxes": 100,  # extract_features_vmb.py --num_features
+    "keep_cls_prob": True,  # MMF's info cls_prob
+}
+_VMB = {  # name: (groups, width, weights file, config, summary)
+    "vmb-x152": (32, 8, "detectron_model_x152.pth", "ResNeXt-152 32x8d"),
+    "vmb-x101": (64, 4, "detectron_model.pth", "ResNeXt-101 64x4d"),
+}
+for _name, (_groups, _width, _file, _what) in _VMB.items():
+    register(
+        Preset(
+            name=_name,
+            family="detector",
+            builder="visfeat.extractors.detector:build",
+            summary=f"VMB {_what} FPN Visual Genome detector (MMF/ViLBERT): fc6 of the top 100 boxes, 800/1333",
+            fields="features (K, 2048) fc6, boxes (K, 4), obj_id, obj_conf, cls_prob (K, 1601), num_boxes",
+            source="vqa-maskrcnn-benchmark (gitlab.com/vedanuj) as MMF extract_features_vmb.py runs it",
+            license="MIT (maskrcnn-benchmark); weights from the MMF / Pythia model zoo",
+            citation="Jiang et al., Pythia v0.1, arXiv:1807.09956; Lu et al., 12-in-1, CVPR 2020",
+            options={**_VMB_OPTIONS, "num_groups": _groups, "width_per_group": _width,
+                     "depth": 152 if "152" in _name else 101},
+            weights=(WeightFile(f"{_name}.pth", f"{_MMF_URL}/pythia/detectron_model/{_file}"),),
+            weights_note="kept per preset: two different files are called detectron_model.pth "
+                         "(Pythia's X-101 and vilbert-multi-task's X-152)",
+        )
+    )
+
+register(
+    Preset(
+        name="grid8-x152",
+        family="detector",
+        builder="visfeat.extractors.grid8:build",
+        summary="X-LXMERT grid8: fc6 of the VMB X-152 FPN model over an 8x8 grid of boxes",
+        fields="grid (8, 8, 2048)",
+        source="allenai/x-lxmert feature_extraction/coco_extract_grid_feature.py",
+        license="Apache-2.0 (x-lxmert); weights from vilbert-multi-task",
+        citation="Cho et al., X-LXMERT: Paint, Caption and Answer Questions with Multi-Modal Transformers, EMNLP 2020",
+        options={**_VMB_OPTIONS, "grid_size": 8,  # coco_extract_grid_feature.py --grid_size
+                 "size_divisibility": 0},  # no padding: sides floored to multiples of 32
+        weights=(WeightFile("grid8-x152.pth", f"{_MMF_URL}/vilbert-multi-task/detectron_model.pth"),),
+        weights_note="x-lxmert feature_extraction/README.md: vilbert-multi-task detectron_model.pth + "
+                     "detectron_config.yaml",
+    )
+)

@@ -262,7 +262,7 @@ class RegionExtractor(Extractor):
                 boxes = [self._given(image_id, ih, oh) for image_id, ih, oh in zip(batch["image_id"], in_hw, orig_hw)]
             else:
                 boxes = [b for b, _ in m.proposals(feat, clip_hw, canvas)]
-            regions, head_in = m.regions(feat, boxes)
+            regions, head_in = m.regions(feat, boxes, canvas)
             logits, deltas, attr_logits = m.predict(head_in)
         regions, logits = regions.float(), logits.float()
         probs = torch.softmax(logits, -1)
@@ -281,7 +281,7 @@ class RegionExtractor(Extractor):
             scale = float(batch["scale"][i]) if "scale" in batch else None
             sels.append(selection.select(self.selection, boxes[i].float(), fg, class_boxes,
                                          **self._select_args(orig_hw[i], scale)))
-        attrs = self._vinvl_attributes(feat, sels) if self.vinvl_attrs else None
+        attrs = self._vinvl_attributes(feat, sels, canvas) if self.vinvl_attrs else None
         return [self._output(sel, rows, regions, probs, attr_logits, in_hw[i], orig_hw[i],
                              None if attrs is None else attrs[i])
                 for i, (sel, rows) in enumerate(zip(sels, self._split(boxes)))]
@@ -305,7 +305,7 @@ class RegionExtractor(Extractor):
                     "scale": scale}
         return {"max_boxes": o["max_boxes"]}
 
-    def _vinvl_attributes(self, feat, sels) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def _vinvl_attributes(self, feat, sels, canvas) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """scene_graph_benchmark AttributePostProcessor: softmax over A+1, column 0 zeroed, scores <= threshold
         zeroed, top `attr_per_box` per box (the per-image cap comes out a no-op). Ids 0-based; -1 where empty."""
         o = self.config
@@ -313,7 +313,7 @@ class RegionExtractor(Extractor):
         if len(labels) == 0:
             return [(torch.zeros(0, int(o["attr_per_box"])),) * 2 for _ in sels]
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
-            logits = self.model.attributes(feat, [s.boxes for s in sels], labels)
+            logits = self.model.attributes(feat, [s.boxes for s in sels], labels, canvas)
         p = logits.float().softmax(-1)
         p[:, 0] = 0.0
         p[p <= float(o["attr_thresh"])] = 0.0

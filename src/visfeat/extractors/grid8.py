@@ -1,0 +1,73 @@
+"""X-LXMERT grid features: fc6 of the VMB X-152 FPN detector over a fixed grid of boxes.
+
+As allenai/x-lxmert feature_extraction/coco_extract_grid_feature.py does it: the image as float32 BGR minus the
+Caffe mean, resized by OpenCV bilinear to int(scale * side) floored to a multiple of 32 on each side
+independently (scale: 800 short / 1333 long, Caffe's rule), no padding; an 8x8 grid of equal boxes
+(j*W//8, i*H//8, (j+1)*W//8, (i+1)*H//8) in resized pixels, row-major, goes to the box head as proposals
+(FPN level by the "+1" area rule); the feature is fc6. Output (8, 8, 2048) per image.
+
+Differences from the script, on purpose: RGBA and grey images are converted to RGB first (the script would
+fail on RGBA); images of different sizes share a batch (zero-padded, each masked to its own extent, so the
+result equals a batch of one, which is all the script allows).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..detection.checkpoint import read_state_dict
+from ..detection.model import FPNDetector
+from .base import Extractor, FieldSpec
+from .detector import SIZES, CaffeFloatPreprocessor, load_detector, pad_batch
+
+
+def grid_boxes(h: int, w: int, n: int) -> np.ndarray:
+    """coco_extract_grid_feature.py get_grid_bbox: (n*n, 4) float32, row-major."""
+    gh, gw = h // n, w // n
+    return np.asarray([[j * gw, i * gh, (j + 1) * gw, (i + 1) * gh] for i in range(n) for j in range(n)],
+                      np.float32)
+
+
+class Grid8Extractor(Extractor):
+    group_by_aspect = True
+
+    def __init__(self, preset: str, model: FPNDetector, options: dict[str, Any], device, amp: bool, sha: str | None):
+        self.preset, self.config, self.weights_sha256 = preset, dict(options), sha
+        self.device = torch.device(device)
+        self.amp = amp and self.device.type == "cuda"
+        self.model = model.to(self.device).eval()
+        if options["size"] not in SIZES:
+            raise ValueError(f"{preset}: size {options['size']!r} unknown; named sizes: {', '.join(SIZES)}")
+        self.n = int(options["grid_size"])
+
+    def fields(self) -> list[FieldSpec]:
+        return [FieldSpec("grid", (self.n, self.n, self.model.out_channels))]
+
+    def preprocessor(self) -> CaffeFloatPreprocessor:
+        short, max_size = SIZES[self.config["size"]]
+        return CaffeFloatPreprocessor(short, max_size, tuple(self.config["pixel_mean"]), mode="floor32")
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"image": pad_batch([s["image"] for s in samples]),
+                "input_hw": torch.stack([s["input_hw"] for s in samples])}
+
+    @torch.inference_mode()
+    def forward(self, batch: dict[str, Any]) -> list[dict[str, np.ndarray]]:
+        images = batch["image"].to(self.device, non_blocking=True)
+        in_hw = [tuple(int(v) for v in hw) for hw in batch["input_hw"]]
+        boxes = [torch.from_numpy(grid_boxes(h, w, self.n)).to(self.device) for h, w in in_hw]
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            fc6, _ = self.model.regions(self.model.features(images, in_hw), boxes, in_hw)
+        fc6 = fc6.float().cpu().numpy().reshape(len(in_hw), self.n, self.n, -1)
+        return [{"grid": g} for g in fc6]
+
+
+def build(preset, weights: str | None, device, amp: bool, options: dict[str, Any]) -> Grid8Extractor:
+    from ..weights import resolve_weights
+
+    path, sha = resolve_weights(preset, weights)
+    model = load_detector(read_state_dict(path), options, path)
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    return Grid8Extractor(preset.name, model, options, device, amp, sha)
