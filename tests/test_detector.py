@@ -21,6 +21,7 @@ from PIL import Image
 
 import visfeat
 from visfeat.extract import Item, aspect_order, folder_items, run_extraction
+from photos import iou, photo
 
 FIX = Path(__file__).parent / "fixtures" / "butd"
 WEIGHTS = FIX / "tiny_attr.pkl"
@@ -32,12 +33,6 @@ SELECTIONS = {  # fixture key: preset, options (perclass3636 = MILVLG --min-max-
 }
 
 needs_fixture = pytest.mark.skipif(not WEIGHTS.exists(), reason="parity fixture not generated")
-
-
-def photo(name: str) -> Image.Image:
-    import skimage
-
-    return Image.open(Path(skimage.__file__).parent / "data" / name).convert("RGB")
 
 
 @pytest.fixture(scope="module")
@@ -52,14 +47,6 @@ def run(ex, names: list[str], given: dict | None = None) -> list[dict]:
     if given is not None:
         ex.set_given_boxes(given)
     return ex.forward(batch)
-
-
-def iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area = lambda x: (x[:, 2] - x[:, 0]) * (x[:, 3] - x[:, 1])  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None, :] - inter)
 
 
 def assert_same_regions(ours: dict, ref: dict, what: str) -> None:

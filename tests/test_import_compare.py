@@ -59,6 +59,36 @@ def test_export_then_import_gives_every_field_back(tmp_path, fmt, ext):
     assert b.attrs["source_url"] == "https://example.org/pub" and len(b.attrs["source_sha256"]) == 64
 
 
+def test_xlxmert_boxes36_round_trip_carries_features_boxes_and_labels(tmp_path):
+    rows = random_rows(2)
+    region_store(tmp_path / "a.h5", rows)
+    export("xlxmert-boxes36", str(tmp_path / "a.h5"), str(tmp_path / "maskrcnn_valid_boxes36.h5"))
+    assert import_features("xlxmert-boxes36", str(tmp_path / "maskrcnn_valid_boxes36.h5"), str(tmp_path / "b.h5"),
+                           preset="vmb-x152") == 5
+    a, b = visfeat.open(tmp_path / "a.h5"), visfeat.open(tmp_path / "b.h5")
+    assert sorted(a) == sorted(b) and "obj_conf" not in {s.name for s in b.specs}  # no confidences in the layout
+    for i in a:
+        for k in ("features", "boxes", "obj_id", "num_boxes", "image_hw"):
+            np.testing.assert_array_equal(b[i][k], a[i][k], err_msg=f"{i} {k}")
+
+
+def test_xlxmert_grid8_round_trip(tmp_path):
+    rng = np.random.default_rng(3)
+    grids = {f"COCO_val2014_{k:012d}": rng.normal(size=(8, 8, 16)).astype(np.float32) for k in range(7)}
+    with writing(tmp_path / "a.h5", [FieldSpec("grid", (8, 8, 16))], {"preset": "grid8-x152", "config": "{}"}) as w:
+        w.append(list(grids), [f"{k}.jpg" for k in grids], np.zeros((7, 2), np.int32),
+                 {"grid": np.stack(list(grids.values()))}, {})
+    export("xlxmert-grid8", str(tmp_path / "a.h5"), str(tmp_path / "maskrcnn_valid_grid8.h5"))
+    import h5py
+
+    with h5py.File(tmp_path / "maskrcnn_valid_grid8.h5") as f:  # as X-LXMERT's datasets read it
+        assert sorted(f) == sorted(grids) and f[next(iter(grids))]["features"].shape == (8, 8, 16)
+    assert import_features("xlxmert-grid8", str(tmp_path / "maskrcnn_valid_grid8.h5"), str(tmp_path / "b.h5")) == 7
+    b = visfeat.open(tmp_path / "b.h5")
+    for k, g in grids.items():
+        np.testing.assert_array_equal(b[k]["grid"], g)
+
+
 def test_compare_reports_exactly_the_differences(tmp_path):
     rows = random_rows(1)
     region_store(tmp_path / "a.h5", rows)

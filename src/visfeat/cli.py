@@ -164,7 +164,8 @@ def cmd_fetch_weights(a) -> int:
     if not p.weights:
         print(f"preset {a.preset} needs no download ({p.weights_note})")
         return 0
-    wf = p.weights[0]
+    # a preset may list several files (weights first, e.g. a labelmap next): the one --dest names
+    wf = next((w for w in p.weights if w.filename == Path(a.dest).name), p.weights[0])
     fetch(a.preset, wf if not a.url else type(wf)(wf.filename, a.url, wf.sha256, wf.size), a.dest)
     print(f"weights ready: {a.dest}")
     return 0

@@ -257,6 +257,7 @@ for _name, (_dir, _opts, _what) in _GRID.items():
 # e2e_faster_rcnn_X-152-32x8d-FPN_1x_MLP_2048_FPN_512_test.yaml (X-101: ..._X-101-64x4d-...) + its defaults.py,
 # with MMF tools/scripts/features/extract_features_vmb.py's arguments.
 _MMF_URL = "https://dl.fbaipublicfiles.com"
+_VINVL_BLOB = "https://penzhanwu2.blob.core.windows.net/sgg/sgg_benchmark/vinvl_model_zoo"  # sgb README
 _VINVL_OPTIONS = {
     "size": "600/1000",  # vinvl_x152c4.yaml INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST
     "preprocess": "maskrcnn",  # maskrcnn_benchmark/data/transforms: Resize.get_size, PIL bilinear, TO_BGR255
@@ -304,8 +305,11 @@ register(
         license="MIT (scene_graph_benchmark and VinVL weights)",
         citation="Zhang et al., VinVL: Revisiting Visual Representations in Vision-Language Models, CVPR 2021",
         options=dict(_VINVL_OPTIONS),
-        weights=(WeightFile("vinvl_vg_x152c4.pth", f"{_MMF_URL}/mmf/data/models/vinvl/detection/vinvl_vg_x152c4.pth"),),
-        weights_note="labels: VG-SGG-dicts-vgoi6-clipped.json (ids 1..1594); also on penzhanwu2's blob",
+        weights=(WeightFile("vinvl_vg_x152c4.pth", f"{_MMF_URL}/mmf/data/models/vinvl/detection/vinvl_vg_x152c4.pth"),
+                 # the labelmap (scene_graph_benchmark README, "the associated labelmap"): ids -> words
+                 WeightFile("VG-SGG-dicts-vgoi6-clipped.json", f"{_VINVL_BLOB}/VG-SGG-dicts-vgoi6-clipped.json")),
+        weights_note="vinvl_vg_x152c4.pth (MMF mirror; also on penzhanwu2's blob) + the labelmap "
+                     "VG-SGG-dicts-vgoi6-clipped.json (ids 1..1594, attributes 1..524)",
     )
 )
 

@@ -1,17 +1,23 @@
-"""Region features from two-stage detectors (bottom-up attention and the other C4 presets).
+"""Region features from two-stage detectors: bottom-up attention (detectron2 fork) and the maskrcnn-benchmark
+family (VinVL's scene_graph_benchmark, VMB's vqa-maskrcnn-benchmark).
 
-The forward follows py-bottom-up-attention's demo/detectron2_mscoco_proposal_maxnms.py `doit()`: backbone to
-res4, RPN proposals, every proposal through RoI pooling + res5 (its mean is the region feature), class / box /
-attribute predictions, then a named box selection (`detection.select`) per image. Region features are those of
-the selected PROPOSAL RoIs; saved boxes are what the selection says (regressed for maxnms), scaled back to the
-original image, clipped, and empty ones dropped (detectron2 detector_postprocess). With given boxes (forced
-mode) the given boxes are pooled instead of proposals and no selection runs.
+The forward follows the originals' extraction scripts: backbone (C4 to res4, or FPN), RPN proposals, every
+proposal through the box head (C4: RoI pooling + res5, mean = the region feature; FPN: ROIAlign over levels +
+MLP, fc6 = the region feature), class / box / attribute predictions, then a named box selection
+(`detection.select`) per image. Region features are those of the selected PROPOSAL RoIs; saved boxes are what
+the selection says, in original pixels (detectron2: scaled, clipped, empty dropped; maskrcnn-benchmark:
+BoxList.resize, scale only). With given boxes (forced mode) the given boxes are pooled and no selection runs.
+VinVL's attributes come from a second res5 pass over the final boxes (`DetectorSpec.attr_head`).
 
-Preprocessing (DataLoader workers): detectron2 ResizeShortestEdge with PIL bilinear on the uint8 image, BGR,
-minus the Caffe mean, std 1; a batch is zero-padded to its largest image (after normalisation, as
-detectron2's ImageList does). Unlike detectron2, padding does not change an image's result: the backbone zeroes
-activations outside each image's extent and the RPN uses only anchors inside it (`detection.resnet`), so an
-image gives the same regions alone or in any batch. Batching by aspect ratio keeps the wasted compute small.
+Preprocessing (DataLoader workers), by option `preprocess`:
+- `detectron2` (butd): ResizeShortestEdge with PIL bilinear on the uint8 image, BGR, minus the mean.
+- `maskrcnn` (VinVL): maskrcnn-benchmark Resize.get_size, PIL bilinear, ToTensor x255 BGR, minus the mean.
+- `caffe_float` (VMB): float BGR minus the mean, OpenCV-bilinear resize by one factor (numpy reimplementation).
+A batch is zero-padded to its largest image; each image's canvas is its own size rounded up to
+`size_divisibility` (the originals pad a lone image to 32). Padding never changes an image's result: the
+backbone zeroes activations outside each canvas, the RPN uses only anchors inside it, and RoIs are pooled from
+each image's own crop of the maps (`detection.heads.per_image`), so an image gives the same regions alone or in
+any batch. Batching by aspect ratio keeps the wasted compute small.
 """
 from __future__ import annotations
 

@@ -2,11 +2,16 @@
 
 `vg_objects.txt` (1600) and `vg_attributes.txt` (400): Visual Genome 1600-400-20, from bottom-up-attention
 (py-bottom-up-attention demo/data/genome/1600-400-20/). Line k is id k (0-based, background excluded).
+VinVL's labelmap (`VG-SGG-dicts-vgoi6-clipped.json`: `idx_to_label` / `idx_to_attribute`, 1-based) is not
+redistributed here: it is fetched with the weights (a second file of the preset) and read from the weights
+folder, `resources/weights/vinvl-x152c4/`, when it is there.
 """
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from importlib.resources import files
+from pathlib import Path
 
 _VG = ("vg_objects.txt", "vg_attributes.txt")
 PRESET_VOCABS = {"butd-r101-36": _VG, "butd-r101-10-100": _VG}  # preset -> (objects, attributes)
@@ -17,7 +22,27 @@ def load(name: str) -> tuple[str, ...]:
     return tuple(files(__name__).joinpath(name).read_text(encoding="utf-8").splitlines())
 
 
-def words_for(preset: str) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
-    """(object words, attribute words) of a preset, or None when it has no shipped vocabulary."""
+PRESET_LABELMAPS = {"vinvl-x152c4": "VG-SGG-dicts-vgoi6-clipped.json"}  # scene_graph_benchmark labelmap files
+
+
+def read_labelmap(path: str | Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """scene_graph_benchmark labelmap JSON -> (objects, attributes) indexed by our 0-based ids (file id - 1)."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+
+    def words(key: str) -> tuple[str, ...]:
+        table = {int(k): v for k, v in data.get(key, {}).items()}
+        return tuple(table.get(i, str(i - 1)) for i in range(1, max(table, default=0) + 1))
+
+    return words("idx_to_label"), words("idx_to_attribute")
+
+
+def words_for(preset: str, weights_root: str | Path = "resources/weights"
+              ) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """(object words, attribute words) of a preset, or None when it has no vocabulary here."""
     names = PRESET_VOCABS.get(preset)
-    return None if names is None else (load(names[0]), load(names[1]))
+    if names is not None:
+        return load(names[0]), load(names[1])
+    if preset in PRESET_LABELMAPS:
+        path = Path(weights_root) / preset / PRESET_LABELMAPS[preset]
+        return read_labelmap(path) if path.exists() else None
+    return None
