@@ -43,10 +43,15 @@ def assert_matched(ours: dict, boxes, labels, feats, what: str, scores=None, sco
     """Same count; boxes matched one to one with IoU >= 0.99; same labels; features cosine >= 0.999."""
     assert len(ours["boxes"]) == len(boxes), f"{what}: {len(ours['boxes'])} boxes, reference {len(boxes)}"
     m = iou(boxes, ours["boxes"])
-    match = m.argmax(1)
-    assert len(set(match.tolist())) == len(match), f"{what}: boxes do not match one to one"
-    assert m[np.arange(len(match)), match].min() >= 0.99, f"{what}: min matched IoU {m.max(1).min():.4f}"
-    assert np.array_equal(ours["obj_id"][match], labels), f"{what}: labels differ"
+    match, used = [], set()
+    for i in range(len(boxes)):  # greedy one to one: the same box and label, in score order (ties, duplicates)
+        cand = [j for j in np.argsort(-m[i], kind="stable")
+                if j not in used and m[i, j] >= 0.99 and ours["obj_id"][j] == labels[i]]
+        assert cand, f"{what}: reference box {i} {boxes[i]} (label {labels[i]}) has no match " \
+                     f"(best IoU {m[i].max():.4f})"
+        match.append(cand[0])
+        used.add(cand[0])
+    match = np.asarray(match)
     assert cosine(ours["features"][match], feats).min() >= 0.999, f"{what}: feature cosine"
     if scores is not None:
         np.testing.assert_allclose(ours[score_key][match], scores, atol=1e-3, err_msg=what)

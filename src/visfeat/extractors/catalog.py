@@ -292,6 +292,7 @@ _VINVL_OPTIONS = {
     "max_boxes": 100,  # ROI_HEADS.DETECTIONS_PER_IMG
     "ignore_box_regression": False,  # MMF sets TEST.IGNORE_BOX_REGRESSION False; the sgb README sets True
     "keep_cls_prob": False,  # also store the (K, 1595) class probabilities (MMF's scores_all)
+    "config_yaml": None,  # the checkpoint's yaml (vinvl_x152c4.yaml), read for the values that matter
 }
 register(
     Preset(
@@ -346,6 +347,7 @@ _VMB_OPTIONS = {
     "conf_thresh": 0.0,  # extract_features_vmb.py --confidence_threshold
     "max_boxes": 100,  # extract_features_vmb.py --num_features
     "keep_cls_prob": True,  # MMF's info cls_prob
+    "config_yaml": None,  # the checkpoint's yaml (detectron_model.yaml), read for the values that matter
 }
 _VMB = {  # name: (groups, width, weights file, config, summary)
     "vmb-x152": (32, 8, "detectron_model_x152.pth", "ResNeXt-152 32x8d"),

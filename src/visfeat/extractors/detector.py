@@ -404,6 +404,15 @@ def detector_spec(options: dict[str, Any]) -> DetectorSpec:
         legacy=legacy, attr_head=o.get("attr_head", "butd"), fpn_channels=1 if fpn else 0)
 
 
+def with_config_yaml(options: dict[str, Any]) -> dict[str, Any]:
+    """Option `config_yaml`: the checkpoint's maskrcnn-benchmark yaml, read for the values that matter."""
+    if not options.get("config_yaml"):
+        return options
+    from ..detection.mrcnn_yaml import options_from_yaml
+
+    return {**options, **options_from_yaml(options["config_yaml"], options)}
+
+
 def load_detector(state: dict[str, torch.Tensor], options: dict[str, Any], path) -> C4Detector | FPNDetector:
     """Model of the preset's architecture with the file's sizes, weights loaded strictly (either layout)."""
     base = detector_spec(options)
@@ -420,6 +429,7 @@ def build(preset, weights: str | None, device, amp: bool, options: dict[str, Any
     from ..weights import resolve_weights
 
     path, sha = resolve_weights(preset, weights)
+    options = with_config_yaml(options)
     model = load_detector(read_state_dict(path), options, path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return RegionExtractor(preset.name, model, options, device, amp, sha)

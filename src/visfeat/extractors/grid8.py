@@ -20,7 +20,7 @@ import torch
 from ..detection.checkpoint import read_state_dict
 from ..detection.model import FPNDetector
 from .base import Extractor, FieldSpec
-from .detector import SIZES, CaffeFloatPreprocessor, load_detector, pad_batch
+from .detector import SIZES, CaffeFloatPreprocessor, load_detector, pad_batch, with_config_yaml
 
 
 def grid_boxes(h: int, w: int, n: int) -> np.ndarray:
@@ -68,6 +68,7 @@ def build(preset, weights: str | None, device, amp: bool, options: dict[str, Any
     from ..weights import resolve_weights
 
     path, sha = resolve_weights(preset, weights)
+    options = with_config_yaml(options)
     model = load_detector(read_state_dict(path), options, path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return Grid8Extractor(preset.name, model, options, device, amp, sha)
