@@ -20,7 +20,7 @@ from photos import cosine, iou, photo
 
 FIX = Path(__file__).parent / "fixtures"
 VINVL = FIX / "vinvl" / "tiny_vinvl.pth"
-VMB = FIX / "vmb" / "tiny_x152fpn.pth"
+VMB = FIX / "vmb" / "tiny_x152_fpn.pth"
 PHOTOS = ("astronaut.png", "chelsea.png", "rocket.jpg", "hubble_deep_field.jpg", "coffee.png")
 
 
@@ -226,3 +226,23 @@ def test_vinvl_labelmap_from_the_weights_folder(tmp_path):
         "attribute_to_idx": {"white": 1, "black": 2}, "idx_to_attribute": {"1": "white", "2": "black"}}))
     objects, attributes = words_for("vinvl-x152c4", tmp_path)
     assert objects == ("man", "shirt", "tree") and attributes == ("white", "black")
+
+
+def test_config_yaml_is_read_for_the_values_that_matter():
+    """The fork's merged yaml that came with the fixture (cfg.dump()) gives its tiny architecture, and loading
+    with it changes nothing for a checkpoint that already implies those sizes."""
+    from visfeat.detection.mrcnn_yaml import options_from_yaml
+    from visfeat.extractors.registry import resolve_options
+
+    yml = VMB.with_name("config.yaml")
+    got = options_from_yaml(yml, resolve_options("vmb-x152"))
+    assert got["depth"] == 152 and got["num_groups"] == 4 and got["width_per_group"] == 2
+    assert got["num_classes"] == 40 and got["anchor_strides"] == [4, 8, 16, 32, 64]
+    assert got["pooler_resolution"] == 7 and got["sampling_ratio"] == 2 and got["rpn_pre_nms_topk"] == 1000
+    assert "conf_thresh" not in got and "size" not in got  # MMF's script hard-codes these, not read from the yaml
+    (a,) = run(visfeat.load_extractor("grid8-x152", weights=str(VMB), device="cpu"), ["coffee.png"])
+    (b,) = run(visfeat.load_extractor("grid8-x152", weights=str(VMB), device="cpu", config_yaml=str(yml)),
+               ["coffee.png"])
+    np.testing.assert_array_equal(a["grid"], b["grid"])
+    with pytest.raises(ValueError, match="does not fit this preset"):
+        options_from_yaml(yml, resolve_options("vinvl-x152c4"))
