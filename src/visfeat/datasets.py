@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -63,16 +64,27 @@ def scan_folder(root: str | os.PathLike, style: str = "path") -> list[tuple[str,
     return assign_ids(rel, style)
 
 
-def read_image_list(list_file: str | os.PathLike, style: str = "path") -> list[tuple[str, str]]:
-    """A list file: `path` or `image_id<TAB>path` per line, paths relative to the dataset root."""
-    explicit, plain = [], []
-    for line in Path(list_file).read_text(encoding="utf-8").splitlines():
+def list_lines(list_file: str | os.PathLike) -> Iterator[tuple[int, str | None, str]]:
+    """The one parser of list files: (line number, image id or None, path) for each `path` or
+    `image_id<TAB>path` line; blank lines and `#` comments skipped."""
+    for n, line in enumerate(Path(list_file).read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip() or line.startswith("#"):
             continue
         if "\t" in line:
-            explicit.append(tuple(line.split("\t", 1)))
+            image_id, path = line.split("\t", 1)
+            yield n, image_id, path
         else:
-            plain.append(line.strip())
+            yield n, None, line.strip()
+
+
+def read_image_list(list_file: str | os.PathLike, style: str = "path") -> list[tuple[str, str]]:
+    """A list file: `path` or `image_id<TAB>path` per line, paths relative to the dataset root."""
+    explicit, plain = [], []
+    for _, image_id, path in list_lines(list_file):
+        if image_id is not None:
+            explicit.append((image_id, path))
+        else:
+            plain.append(path)
     pairs = assign_ids(plain, style) if plain else []
     seen = {i: p for i, p in pairs}
     for i, p in explicit:

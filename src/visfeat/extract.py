@@ -44,15 +44,12 @@ def default_image_id(relpath: str) -> str:
 
 def read_list(list_file: str | os.PathLike, root: str | os.PathLike | None = None) -> list[Item]:
     """Lines `path` or `image_id<TAB>path`; relative paths resolve against `root` (default: the list's folder)."""
+    from .datasets import list_lines
+
     base = Path(root) if root is not None else Path(list_file).parent
     items, seen = [], {}
-    for n, line in enumerate(Path(list_file).read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        if "\t" in line:
-            image_id, path = line.split("\t", 1)
-        else:
-            path = line.strip()
+    for n, image_id, path in list_lines(list_file):
+        if image_id is None:
             image_id = default_image_id(path)
         if image_id in seen:
             raise ValueError(f"{list_file}:{n}: image id {image_id!r} repeats line {seen[image_id]}")
