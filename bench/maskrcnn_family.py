@@ -28,6 +28,8 @@ from visfeat.extractors.registry import resolve_options
 from visfeat.images import load_image
 from visfeat.sample import install_sample
 
+from butd_pipeline import forward_rate  # bench/ is on sys.path when a bench script runs
+
 PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg")
 
 
@@ -42,19 +44,6 @@ def full_size(preset: str, device: str, amp: bool):
     model = FPNDetector(spec) if spec.fpn_channels else C4Detector(spec)
     cls = Grid8Extractor if preset.startswith("grid8") else RegionExtractor
     return cls(preset, model, opts, device, amp, None)
-
-
-def rate(ex, samples, batch_size: int) -> float:
-    ex.forward({**ex.collate(samples[:1]), "image_id": ["warm"]})
-    if ex.device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    for a in range(0, len(samples), batch_size):
-        chunk = samples[a:a + batch_size]
-        ex.forward({**ex.collate(chunk), "image_id": [str(k) for k in range(len(chunk))]})
-    if ex.device.type == "cuda":
-        torch.cuda.synchronize()
-    return len(samples) / (time.perf_counter() - t)
 
 
 def amp_cosine(preset: str, ex, samples) -> float:
@@ -91,17 +80,16 @@ def main() -> None:
     print(f"{a.images} images, device {a.device}, torch threads {torch.get_num_threads()}")
     for preset in a.presets.split(","):
         ex = full_size(preset, a.device, False)
-        samples = [ex.preprocess(im) for im in images]
-        one = rate(ex, samples, 1)
-        batched = rate(ex, samples, a.batch_size)
+        one = forward_rate(ex, images, 1)
+        batched = forward_rate(ex, images, a.batch_size)
         line = (f"  {preset:14s} one at a time {one:7.3f} img/s, batches of {a.batch_size} {batched:7.3f} img/s "
                 f"({batched / one:.2f}x)")
         if a.amp and a.device == "cuda":
             amp = full_size(preset, "cuda", True)
             amp.model.load_state_dict(ex.model.state_dict())
-            r = rate(amp, samples, a.batch_size)
+            r = forward_rate(amp, images, a.batch_size)
             line += f", AMP {r:7.3f} img/s ({r / batched:.2f}x fp32), min cosine AMP vs fp32 " \
-                    f"{amp_cosine(preset, ex, samples[:4]):.5f}"
+                    f"{amp_cosine(preset, ex, [ex.preprocess(im) for im in images[:4]]):.5f}"
         print(line, flush=True)
 
 

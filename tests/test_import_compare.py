@@ -186,3 +186,21 @@ def test_registry_published_entry_matches_dataset_source_preset_and_options(tmp_
     bad = snakemake(wd, "-n", check=False)
     assert bad.returncode != 0 and "no `published` entry has dataset 'coco_val' and extractor 'obj36'" in (
         bad.stdout + bad.stderr)
+
+
+def test_registry_xlxmert_grid8_and_boxes36_entries_plan_download_and_import(tmp_path):
+    """X-LXMERT's published files: nlvr2 dev grid8 (grid8-x152) and boxes36 (vmb-x152 at 36 boxes), planned."""
+    import yaml
+
+    from conftest import copy_workflow, snakemake
+
+    wd = copy_workflow(tmp_path)
+    cfg = {"datasets": {"dev": {"source": "nlvr2_dev"}},
+           "extractors": {"grid8-x152": {}, "b36": {"preset": "vmb-x152", "max_boxes": 36}},
+           "features": [{"datasets": ["dev"], "extractors": ["grid8-x152", "b36"], "source": "published"}]}
+    (wd / "config/config.yaml").write_text(yaml.safe_dump(cfg))
+    p = snakemake(wd, "-n", "-p", "results/dev/grid8-x152.h5", "results/dev/b36.h5")
+    out = p.stdout + p.stderr
+    assert "rule extract" not in out and out.count("rule import_published") == 2
+    assert "NLVR2/maskrcnn_valid_grid8.h5" in out and "NLVR2/maskrcnn_valid_boxes36.h5" in out
+    assert "--format xlxmert-grid8" in out and "--format xlxmert-boxes36" in out

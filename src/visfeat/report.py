@@ -45,6 +45,8 @@ def _label(row: dict, k: int, words) -> str:
         return ""
     obj = int(row["obj_id"][k])
     attr = int(row["attr_id"][k]) if "attr_id" in row else None
+    if attr is not None and attr < 0:  # VinVL: no attribute above its threshold
+        attr = None
     if words is None:
         return str(obj) if attr is None else f"{attr}:{obj}"
     return _word(words[0][obj]) if attr is None else f"{_word(words[1][attr])} {_word(words[0][obj])}"
@@ -170,7 +172,7 @@ def _classes(s: FeatureStore, path: Path, top: int = 20) -> Path:
     panels = [("obj_id", "object classes", 0)] + ([("attr_id", "attributes", 1)] if "attr_id" in names else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 0.25 * top + 1.2), squeeze=False)
     for ax, (field, title, w) in zip(axes.flat, panels):
-        counts = Counter(s.h5[field][()].tolist()).most_common(top)
+        counts = Counter(i for i in s.h5[field][()].tolist() if i >= 0).most_common(top)  # -1: none (VinVL)
         labels = [_word(words[w][i]) if words else str(i) for i, _ in counts]
         ax.barh(labels[::-1], [c for _, c in counts][::-1], color="tab:cyan")
         ax.set(title=f"top {len(counts)} {title} ({len(s.h5[field])} boxes)", xlabel="boxes")

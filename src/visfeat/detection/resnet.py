@@ -57,9 +57,11 @@ class FrozenBatchNorm2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.eps is None:
-            scale = self.weight * self.running_var.rsqrt()
-            bias = self.bias - self.running_mean * scale
-            return x * scale.reshape(1, -1, 1, 1).to(x.dtype) + bias.reshape(1, -1, 1, 1).to(x.dtype)
+            scale = (self.weight * self.running_var.rsqrt()).reshape(1, -1, 1, 1)
+            bias = self.bias.reshape(1, -1, 1, 1) - self.running_mean.reshape(1, -1, 1, 1) * scale
+            if torch.is_inference_mode_enabled():  # x is a conv's fresh output: same ops, no new buffers
+                return x.mul_(scale.to(x.dtype)).add_(bias.to(x.dtype))
+            return x * scale.to(x.dtype) + bias.to(x.dtype)
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
 
 
