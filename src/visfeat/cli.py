@@ -269,16 +269,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.set_defaults(func=cmd_inspect)
 
+    from .exporters import EXPORTERS
+    from .importers import READERS
+
     p = sub.add_parser("export", help="write a store in a layout downstream code reads")
-    p.add_argument("--format", required=True, help="xmodaler-npz, lxmert-h5, lxmert-tsv, vissl-npy, mmf-npy, "
-                                                    "xlxmert-grid8, xlxmert-boxes36")
+    p.add_argument("--format", required=True, help=", ".join(EXPORTERS))
     p.add_argument("file")
     p.add_argument("out")
     p.add_argument("--split", help="vissl-npy: the split in the file names (default train)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("import", help="a published feature file into a store")
-    p.add_argument("--format", required=True, help="lxmert-h5, lxmert-tsv, xlxmert-grid8, xlxmert-boxes36")
+    p.add_argument("--format", required=True, help=", ".join(READERS))
     p.add_argument("file")
     p.add_argument("out")
     p.add_argument("--preset", help="the preset the file corresponds to (recorded in the store)")
