@@ -41,7 +41,7 @@ def full_size(preset: str, device: str, amp: bool):
     elif spec.attr_head == "vinvl":
         spec = dataclasses.replace(spec, attr_cls_dim=256, attr_dim=512)  # sg_defaults.py CLS/ATTR_EMD_DIM
     torch.manual_seed(0)
-    model = FPNDetector(spec) if spec.fpn_channels else C4Detector(spec)
+    model = FPNDetector(spec) if spec.fpn else C4Detector(spec)
     cls = Grid8Extractor if preset.startswith("grid8") else RegionExtractor
     return cls(preset, model, opts, device, amp, None)
 

@@ -77,8 +77,6 @@ def from_maskrcnn_benchmark(state: dict[str, torch.Tensor], fpn: bool, path="che
     anchors: dict[int, torch.Tensor] = {}
     attr_res5: dict[str, torch.Tensor] = {}
     for key, v in state.items():
-        if key.endswith("num_batches_tracked"):
-            continue
         if m := re.fullmatch(r"rpn\.anchor_generator\.cell_anchors\.(\d+)", key):
             anchors[int(m.group(1))] = v
             continue
@@ -113,7 +111,7 @@ def _count(state: dict, prefix: str) -> int:
 def infer_spec(state: dict[str, torch.Tensor], base: DetectorSpec) -> DetectorSpec:
     """`base` with the sizes the tensors imply; the strides, pooling, anchors and thresholds stay `base`'s.
     `state` has our names (after `from_maskrcnn_benchmark` for that layout)."""
-    fpn = base.fpn_channels > 0
+    fpn = base.fpn
     body = "backbone.body." if fpn else "backbone."
 
     def shape(name):

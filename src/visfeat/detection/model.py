@@ -42,7 +42,8 @@ class DetectorSpec:
     attr_head: str = "butd"  # "butd": attributes in the box predictor; "vinvl": a second res5 pass (AttrRCNN)
     attr_cls_dim: int = 256  # VinVL ROI_ATTRIBUTE_HEAD.CLS_EMD_DIM (read from the checkpoint)
     attr_dim: int = 512  # VinVL ROI_ATTRIBUTE_HEAD.ATTR_EMD_DIM (read from the checkpoint)
-    fpn_channels: int = 0  # FPN width (MODEL.BACKBONE.OUT_CHANNELS); 0 = C4
+    fpn: bool = False  # FPN backbone + MLP box head (VMB); False: C4 with a res5 head
+    fpn_channels: int = 256  # FPN width (MODEL.BACKBONE.OUT_CHANNELS; read from the checkpoint)
     mlp_dim: int = 1024  # ROI_BOX_HEAD.MLP_HEAD_DIM (FPN box head)
     pooler_scales: tuple[float, ...] = (0.25, 0.125, 0.0625, 0.03125)  # ROI_BOX_HEAD.POOLER_SCALES (FPN)
 

@@ -401,7 +401,7 @@ def detector_spec(options: dict[str, Any]) -> DetectorSpec:
                     fpn_post_nms_topk=o.get("rpn_fpn_post_nms_topk", 1000)),
         pooler=o["pooler"], pooler_resolution=o["pooler_resolution"], sampling_ratio=o.get("sampling_ratio", 0),
         num_classes=o["num_classes"], num_attrs=o.get("num_attrs", 0), bg_last=o.get("bg_last", True),
-        legacy=legacy, attr_head=o.get("attr_head", "butd"), fpn_channels=1 if fpn else 0)
+        legacy=legacy, attr_head=o.get("attr_head", "butd"), fpn=fpn)
 
 
 def with_config_yaml(options: dict[str, Any]) -> dict[str, Any]:
@@ -418,18 +418,24 @@ def load_detector(state: dict[str, torch.Tensor], options: dict[str, Any], path)
     base = detector_spec(options)
     anchors: list[torch.Tensor] = []
     if is_maskrcnn_benchmark(state):
-        state, anchors = from_maskrcnn_benchmark(state, fpn=base.fpn_channels > 0, path=path)
+        state, anchors = from_maskrcnn_benchmark(state, fpn=base.fpn, path=path)
     spec = infer_spec(state, base)
-    model = FPNDetector(spec) if spec.fpn_channels else C4Detector(spec)
+    model = FPNDetector(spec) if spec.fpn else C4Detector(spec)
     load_into(model, state, path, anchors)
     return model
 
 
-def build(preset, weights: str | None, device, amp: bool, options: dict[str, Any]) -> RegionExtractor:
+def build_extractor(cls, preset, weights: str | None, device, amp: bool, options: dict[str, Any]):
+    """`cls(preset name, model, options, device, amp, weights sha256)` on the preset's weights file (region and
+    grid8 extractors share the model)."""
     from ..weights import resolve_weights
 
     path, sha = resolve_weights(preset, weights)
     options = with_config_yaml(options)
     model = load_detector(read_state_dict(path), options, path)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return RegionExtractor(preset.name, model, options, device, amp, sha)
+    return cls(preset.name, model, options, device, amp, sha)
+
+
+def build(preset, weights: str | None, device, amp: bool, options: dict[str, Any]) -> RegionExtractor:
+    return build_extractor(RegionExtractor, preset, weights, device, amp, options)

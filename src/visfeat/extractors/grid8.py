@@ -17,10 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..detection.checkpoint import read_state_dict
 from ..detection.model import FPNDetector
 from .base import Extractor, FieldSpec
-from .detector import SIZES, CaffeFloatPreprocessor, load_detector, pad_batch, with_config_yaml
+from .detector import SIZES, CaffeFloatPreprocessor, build_extractor, pad_batch
 
 
 def grid_boxes(h: int, w: int, n: int) -> np.ndarray:
@@ -65,10 +64,4 @@ class Grid8Extractor(Extractor):
 
 
 def build(preset, weights: str | None, device, amp: bool, options: dict[str, Any]) -> Grid8Extractor:
-    from ..weights import resolve_weights
-
-    path, sha = resolve_weights(preset, weights)
-    options = with_config_yaml(options)
-    model = load_detector(read_state_dict(path), options, path)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return Grid8Extractor(preset.name, model, options, device, amp, sha)
+    return build_extractor(Grid8Extractor, preset, weights, device, amp, options)
