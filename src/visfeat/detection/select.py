@@ -28,6 +28,7 @@ image. Output `Selection`: `keep` indices into the proposals (their features are
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
@@ -55,12 +56,6 @@ def milvlg_scale(orig_hw: tuple[int, int], short: int, max_size: int) -> float:
     return scale
 
 
-def nms_plus_one(boxes: torch.Tensor, scores: torch.Tensor, thresh: float) -> torch.Tensor:
-    """maskrcnn-benchmark's CPU NMS (MILVLG runs it on CPU tensors): "+1" areas, suppress when IoU >= thresh;
-    kept indices in index order."""
-    return boxes_nms_plus_one(boxes, scores, thresh, suppress_equal=True).sort().values
-
-
 def maxnms(proposals, probs, class_boxes, *, min_boxes: int = 36, max_boxes: int = 36,
            thresholds=tuple(np.arange(0.3, 1.0, 0.1))) -> Selection:
     # np.arange(0.3, 1.0, 0.1) as in the original (0.6000000000000001 etc. included)
@@ -78,10 +73,11 @@ def perclass(proposals, probs, class_boxes, *, orig_hw: tuple[int, int], short: 
              min_boxes: int = 10, max_boxes: int = 100, conf_thresh: float = 0.2, nms_thresh: float = 0.3
              ) -> Selection:
     dets = proposals.float() / milvlg_scale(orig_hw, short, max_size)
-    max_conf = torch.zeros(len(proposals), dtype=probs.dtype, device=probs.device)
-    for c in range(probs.shape[1]):
-        kept = nms_plus_one(dets, probs[:, c], nms_thresh)
-        max_conf[kept] = torch.where(probs[kept, c] > max_conf[kept], probs[kept, c], max_conf[kept])
+    # What decides the selection: max_conf >= conf_thresh, or the min_boxes best when fewer pass.
+    floor = min(conf_thresh, _kth_lower_bound(probs, min_boxes))
+    survived = nms_survivors(dets, probs, partial(boxes_nms_plus_one, thresh=nms_thresh, suppress_equal=True),
+                             floor)
+    max_conf = (probs * survived).amax(1)
     keep = torch.nonzero(max_conf >= conf_thresh).flatten()
     if len(keep) < min_boxes:
         keep = torch.argsort(max_conf, descending=True)[:min_boxes]
@@ -99,10 +95,10 @@ def topk(proposals, probs, class_boxes, *, max_boxes: int = 100) -> Selection:
 
 def nms_filter(proposals, probs, class_boxes, *, min_boxes: int = 10, max_boxes: int = 100,
                conf_thresh: float = 0.2, nms_thresh: float = 0.3) -> Selection:
-    mask = torch.zeros_like(probs)
-    for c in range(probs.shape[1]):
-        mask[nms(class_boxes[:, c].float(), probs[:, c].float(), nms_thresh), c] = 1
-    best, cls = (mask * probs).max(1)
+    # What decides the selection: best >= conf_thresh, or the min_boxes best when fewer pass.
+    floor = min(conf_thresh, _kth_lower_bound(probs, min_boxes))
+    survived = nms_survivors(class_boxes.float(), probs, partial(_plain_nms, thresh=nms_thresh), floor)
+    best, cls = (probs * survived).max(1)
     cand = torch.nonzero(best).flatten()
     best, cls = best[cand], cls[cand]
     order = torch.argsort(best, descending=True, stable=True)
@@ -115,14 +111,55 @@ def nms_filter(proposals, probs, class_boxes, *, min_boxes: int = 10, max_boxes:
 def vmb(proposals, probs, class_boxes, *, scale: float, max_boxes: int = 100, conf_thresh: float = 0.0,
         nms_thresh: float = 0.5) -> Selection:
     dets = proposals.float() / scale
-    max_conf = torch.zeros(len(proposals), dtype=probs.dtype, device=probs.device)
-    for c in range(probs.shape[1]):
-        kept = boxes_nms_plus_one(dets, probs[:, c], nms_thresh)
-        s = probs[kept, c]
-        max_conf[kept] = torch.where((s > max_conf[kept]) & (s > conf_thresh), s, max_conf[kept])
+    # What decides the selection: the max_boxes best max_conf (and which of them are nonzero).
+    floor = max(conf_thresh, _kth_lower_bound(probs, max_boxes, conf_thresh))
+    survived = nms_survivors(dets, probs, partial(boxes_nms_plus_one, thresh=nms_thresh), floor)
+    max_conf = (probs * (survived & (probs > conf_thresh))).amax(1)
     order = torch.argsort(max_conf, descending=True, stable=True)[:max_boxes]
     conf, cls = probs[order].max(1)
     return Selection(order, dets[order], cls, conf, original=True, num_boxes=int((max_conf[order] != 0).sum()))
+
+
+def nms_survivors(boxes: torch.Tensor, probs: torch.Tensor, nms_fn, floor: float = 0.0) -> torch.Tensor:
+    """(P, C) bool: which (proposal, class) pairs survive their class's NMS, the originals' loop
+    `for c in classes: keep = nms(boxes[:, c], probs[:, c])`; `boxes` (P, 4) shared or (P, C, 4) per class.
+
+    Exact for every pair scoring >= `floor`; pairs below it count as suppressed. Why that is enough, and fast:
+    greedy NMS suppresses a box only by higher-scoring ones, so the fate of each pair scoring >= floor is decided
+    among such pairs alone (the same IoUs), and each selection here only looks at scores >= its floor. So NMS runs
+    only for classes with two or more such pairs, on those pairs; a class with one keeps it (1600 NMS calls over
+    all proposals become a few small ones). Equal scores within a class are ordered as torchvision's sort orders
+    them, as in any one NMS call."""
+    cand = probs >= floor
+    survived = torch.zeros_like(cand)
+    cls_idx, box_idx = torch.nonzero(cand.t(), as_tuple=True)  # grouped by class
+    single = cand.sum(0)[cls_idx] == 1
+    survived[box_idx[single], cls_idx[single]] = True
+    classes, sizes = torch.unique_consecutive(cls_idx, return_counts=True)
+    start = 0
+    for c, n in zip(classes.tolist(), sizes.tolist()):
+        if n > 1:
+            rows = box_idx[start:start + n]
+            survived[rows[nms_fn(boxes[rows] if boxes.dim() == 2 else boxes[rows, c], probs[rows, c])], c] = True
+        start += n
+    return survived
+
+
+def _kth_lower_bound(probs: torch.Tensor, k: int, above: float = 0.0) -> float:
+    """A value the k-th best max_conf (best surviving score above `above`) is sure to reach: each class's
+    top-scoring proposal survives its NMS (classes whose top score is shared are left out: which one survives is
+    a tie)."""
+    if len(probs) < k:
+        return 0.0
+    top, arg = probs.max(0)
+    unique = (probs == top).sum(0) == 1
+    top = torch.where(unique & (top > above), top, torch.zeros_like(top))
+    bound = torch.zeros(len(probs), dtype=probs.dtype, device=probs.device).scatter_reduce_(0, arg, top, "amax")
+    return float(bound.topk(k).values[-1])
+
+
+def _plain_nms(boxes: torch.Tensor, scores: torch.Tensor, thresh: float) -> torch.Tensor:
+    return nms(boxes, scores.float(), thresh)
 
 
 STRATEGIES = {"maxnms": maxnms, "perclass": perclass, "nms_filter": nms_filter, "vmb": vmb, "topk": topk}
