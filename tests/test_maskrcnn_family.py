@@ -249,8 +249,8 @@ def test_config_yaml_is_read_for_the_values_that_matter():
 
 
 def test_workflow_vinvl_with_placed_weights_and_labelmap(tmp_path, sample_dir):
-    """Real snakemake: both files of the preset placed where fetch_weights would put them; the store and the
-    report read ids as the labelmap's words."""
+    """Real snakemake with a configured `resources:` folder: both files of the preset placed where fetch_weights
+    would put them there; the store and the report read ids as the labelmap's words."""
     import json
 
     import yaml
@@ -260,7 +260,7 @@ def test_workflow_vinvl_with_placed_weights_and_labelmap(tmp_path, sample_dir):
     from visfeat.vocab import words_for
 
     wd = copy_workflow(tmp_path)
-    d = wd / "resources/weights/vinvl-x152c4"
+    d = wd / "shared_res/weights/vinvl-x152c4"
     d.mkdir(parents=True)
     (d / "vinvl_vg_x152c4.pth").write_bytes(VINVL.read_bytes())
     labels = {str(i): f"object{i}" for i in range(1, 41)}
@@ -268,7 +268,8 @@ def test_workflow_vinvl_with_placed_weights_and_labelmap(tmp_path, sample_dir):
     (d / "VG-SGG-dicts-vgoi6-clipped.json").write_text(json.dumps({"idx_to_label": labels, "idx_to_attribute": attrs}))
     (wd / "lists").mkdir()
     (wd / "lists/two.txt").write_text("chelsea.png\ncoffee.png\n")
-    cfg = {"datasets": {"two": {"source": "list", "list": "lists/two.txt", "path": str(sample_dir)}},
+    cfg = {"resources": "shared_res",
+           "datasets": {"two": {"source": "list", "list": "lists/two.txt", "path": str(sample_dir)}},
            "extractors": {"vinvl-x152c4": {"batch_size": 2, "workers": 1}},
            "features": [{"datasets": ["two"], "extractors": ["vinvl-x152c4"]}]}
     (wd / "config/config.yaml").write_text(yaml.safe_dump(cfg))
@@ -276,6 +277,8 @@ def test_workflow_vinvl_with_placed_weights_and_labelmap(tmp_path, sample_dir):
     s = visfeat.open(wd / "results/two/vinvl-x152c4.h5")
     row = s["chelsea"]
     assert row["attr_ids"].shape == (len(row["boxes"]), 16) and (wd / "results/report/two/vinvl-x152c4/classes.png").exists()
-    words = words_for("vinvl-x152c4", wd / "resources/weights")
+    log = (wd / "logs/report_features/two/vinvl-x152c4.log").read_text()
+    assert "labels: words from shared_res/weights/vinvl-x152c4/VG-SGG-dicts-vgoi6-clipped.json" in log, log
+    words = words_for("vinvl-x152c4", d.parent)
     k = int(np.argmax(row["attr_confs"][:, 0] > 0))
     assert _label(row, k, words) == f"attr{row['attr_id'][k] + 1} object{row['obj_id'][k] + 1}"

@@ -217,7 +217,7 @@ def cmd_report(a) -> int:
     if a.centroids:
         paths = kmeans_report(a.centroids, a.store, a.out_dir, root=a.root)
     else:
-        paths = feature_report(a.store, a.out_dir, root=a.root, logs=a.log)
+        paths = feature_report(a.store, a.out_dir, root=a.root, logs=a.log, weights_root=a.weights_root)
     print("\n".join(str(p) for p in paths))
     return 0
 
@@ -225,7 +225,8 @@ def cmd_report(a) -> int:
 def cmd_show(a) -> int:
     from .report import show
 
-    print(show(a.file, a.image_id, a.out or f"{a.image_id.replace('/', '_')}.png", root=a.root))
+    print(show(a.file, a.image_id, a.out or f"{a.image_id.replace('/', '_')}.png", root=a.root,
+               weights_root=a.weights_root))
     return 0
 
 
@@ -236,6 +237,13 @@ def cmd_text(a) -> int:
                        batch_size=a.batch_size)
     print(f"{n} captions embedded -> {a.out}")
     return 0
+
+
+def add_weights_root(p: argparse.ArgumentParser) -> None:
+    from .vocab import WEIGHTS_ROOT
+
+    p.add_argument("--weights-root", default=WEIGHTS_ROOT,
+                   help=f"where fetched weights lie, to read a preset's labelmap beside them (default: {WEIGHTS_ROOT})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -367,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="the dataset root, to draw the images themselves")
     p.add_argument("--log", action="append", default=[], help="extraction logs (throughput per shard)")
     p.add_argument("--out-dir", required=True)
+    add_weights_root(p)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("show", help="draw one image's boxes (or its grid) to a PNG")
@@ -374,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image_id")
     p.add_argument("--root", help="the dataset root the store's image_path is relative to")
     p.add_argument("--out", help="PNG path (default: IMAGE_ID.png)")
+    add_weights_root(p)
     p.set_defaults(func=cmd_show)
 
     p = sub.add_parser("text", help="CLIP text embeddings of captions (Karpathy dataset_*.json or a text file)")

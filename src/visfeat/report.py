@@ -19,6 +19,7 @@ import numpy as np  # noqa: E402
 
 from .images import ImageError, load_image  # noqa: E402
 from .store import FeatureStore  # noqa: E402
+from .vocab import WEIGHTS_ROOT as DEFAULT_WEIGHTS_ROOT  # noqa: E402
 
 _DONE = re.compile(r"\[visfeat\] done: (\d+) images, (\d+) failed, (\d+) processed now in ([\d.]+) s")
 
@@ -33,10 +34,16 @@ def _image(root: str | None, store: FeatureStore, i: int):
         return None
 
 
-def _words(store: FeatureStore):
-    from .vocab import words_for
+def _words(store: FeatureStore, weights_root: str):
+    """The preset's vocabularies, saying on stdout (the rule's log) where the labels come from."""
+    from .vocab import PRESET_LABELMAPS, words_for
 
-    return words_for(str(store.attrs.get("preset", "")))
+    preset = str(store.attrs.get("preset", ""))
+    words = words_for(preset, weights_root)
+    if preset in PRESET_LABELMAPS:
+        path = Path(weights_root) / preset / PRESET_LABELMAPS[preset]
+        print(f"[visfeat] labels: words from {path}" if words else f"[visfeat] labels: ids ({path} is not there)")
+    return words
 
 
 def _label(row: dict, k: int, words) -> str:
@@ -57,9 +64,8 @@ def _word(line: str) -> str:
     return line.split(",")[0]
 
 
-def _draw(ax, store: FeatureStore, i: int, root: str | None, max_boxes: int = 10) -> None:
+def _draw(ax, store: FeatureStore, i: int, root: str | None, words, max_boxes: int = 10) -> None:
     row = store.row(i)
-    words = _words(store)
     image_id = store.ids[i]
     img = _image(root, store, i)
     if img is not None:
@@ -82,13 +88,14 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def feature_report(store_path: str, out_dir: str, root: str | None = None, logs: list[str] = (), n_samples: int = 8
-                   ) -> list[Path]:
+def feature_report(store_path: str, out_dir: str, root: str | None = None, logs: list[str] = (), n_samples: int = 8,
+                   weights_root: str = DEFAULT_WEIGHTS_ROOT) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     s = FeatureStore(store_path)
     name = f"{s.attrs.get('extractor', '')} ({s.attrs.get('preset', '')})"
     n = len(s)
+    words = _words(s, weights_root)
     paths = []
 
     cols = 4
@@ -98,7 +105,7 @@ def feature_report(store_path: str, out_dir: str, root: str | None = None, logs:
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, picks):
-        _draw(ax, s, int(i), root)
+        _draw(ax, s, int(i), root, words)
     fig.suptitle(f"{name}: sample images")
     paths.append(out / "samples.png")
     _save(fig, paths[-1])
@@ -119,7 +126,7 @@ def feature_report(store_path: str, out_dir: str, root: str | None = None, logs:
     paths.append(out / "norms.png")
     _save(fig, paths[-1])
 
-    paths.append(_classes(s, out / "classes.png"))
+    paths.append(_classes(s, out / "classes.png", words))
 
     failed = s.failed
     fig, ax = plt.subplots(figsize=(6, 3))
@@ -159,7 +166,7 @@ def feature_report(store_path: str, out_dir: str, root: str | None = None, logs:
     return paths
 
 
-def _classes(s: FeatureStore, path: Path, top: int = 20) -> Path:
+def _classes(s: FeatureStore, path: Path, words, top: int = 20) -> Path:
     """The most frequent object classes and attributes over all boxes (region stores)."""
     names = {sp.name for sp in s.specs}
     if "obj_id" not in names:
@@ -168,7 +175,6 @@ def _classes(s: FeatureStore, path: Path, top: int = 20) -> Path:
         ax.axis("off")
         _save(fig, path)
         return path
-    words = _words(s)
     panels = [("obj_id", "object classes", 0)] + ([("attr_id", "attributes", 1)] if "attr_id" in names else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 0.25 * top + 1.2), squeeze=False)
     for ax, (field, title, w) in zip(axes.flat, panels):
@@ -241,11 +247,12 @@ def kmeans_report(centroids_h5: str, codes_store: str | None, out_dir: str, root
     return paths
 
 
-def show(store_path: str, image_id: str, out: str, root: str | None = None) -> Path:
+def show(store_path: str, image_id: str, out: str, root: str | None = None,
+         weights_root: str = DEFAULT_WEIGHTS_ROOT) -> Path:
     s = FeatureStore(store_path)
     if image_id not in s:
         raise KeyError(f"{image_id!r} is not in {store_path}")
     fig, ax = plt.subplots(figsize=(6, 6))
-    _draw(ax, s, s.index[image_id], root, max_boxes=100)
+    _draw(ax, s, s.index[image_id], root, _words(s, weights_root), max_boxes=100)
     _save(fig, Path(out))
     return Path(out)

@@ -261,7 +261,8 @@ def report_feature_args(wildcards):
     logs = [f"logs/extract/{wildcards.dataset}/{wildcards.extractor}/{i}.log" for i in range(n)]
     out_dir = f"{R}/report/{wildcards.dataset}/{wildcards.extractor}"
     return " ".join(
-        [f"--root {shlex.quote(dataset_root(wildcards.dataset))}", f"--out-dir {shlex.quote(out_dir)}"]
+        [f"--root {shlex.quote(dataset_root(wildcards.dataset))}", f"--out-dir {shlex.quote(out_dir)}",
+         f"--weights-root {shlex.quote(f'{RES}/weights')}"]
         + [f"--log {shlex.quote(p)}" for p in logs]
     )
 

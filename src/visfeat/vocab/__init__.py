@@ -4,7 +4,7 @@
 (py-bottom-up-attention demo/data/genome/1600-400-20/). Line k is id k (0-based, background excluded).
 VinVL's labelmap (`VG-SGG-dicts-vgoi6-clipped.json`: `idx_to_label` / `idx_to_attribute`, 1-based) is not
 redistributed here: it is fetched with the weights (a second file of the preset) and read from the weights
-folder, `resources/weights/vinvl-x152c4/`, when it is there.
+folder (`<weights root>/vinvl-x152c4/`; the workflow passes its configured `resources:`) when it is there.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ def load(name: str) -> tuple[str, ...]:
     return tuple(files(__name__).joinpath(name).read_text(encoding="utf-8").splitlines())
 
 
+WEIGHTS_ROOT = "resources/weights"  # the workflow's default `resources:` + /weights; `--weights-root` elsewhere
 PRESET_LABELMAPS = {"vinvl-x152c4": "VG-SGG-dicts-vgoi6-clipped.json"}  # scene_graph_benchmark labelmap files
 
 
@@ -36,7 +37,7 @@ def read_labelmap(path: str | Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return words("idx_to_label"), words("idx_to_attribute")
 
 
-def words_for(preset: str, weights_root: str | Path = "resources/weights"
+def words_for(preset: str, weights_root: str | Path = WEIGHTS_ROOT
               ) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
     """(object words, attribute words) of a preset, or None when it has no vocabulary here."""
     names = PRESET_VOCABS.get(preset)
