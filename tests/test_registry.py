@@ -29,9 +29,14 @@ def test_registry_entries_are_complete():
         assert d["id_style"] in ("coco", "stem", "path")
         if "local" in d:
             assert "instructions" in d and "http" in d["instructions"], name
-    assert {"coco_train2014", "coco_val2014", "coco_test2014", "coco_train2017", "coco_val2017", "coco_test2017",
-            "vg", "gqa", "nlvr2_train", "nlvr2_dev", "nlvr2_test1", "flickr30k",
+    assert {"coco_train2014", "coco_val2014", "coco_test2014", "coco_test2015", "coco_testdev2015", "coco_train2017",
+            "coco_val2017", "coco_test2017", "vg", "gqa", "nlvr2_train", "nlvr2_dev", "nlvr2_test1", "flickr30k",
             "coco_karpathy_test"} <= set(REG["datasets"])
+    for name, entry in REG["published"].items():  # every published file stands for a dataset of the registry
+        assert entry["dataset"] in REG["datasets"], name
+    xlxmert = {e["dataset"] for e in REG["published"].values() if "ai2-vision-x-lxmert" in e["url"]}
+    assert xlxmert == {"coco_train2014", "coco_val2014", "coco_test2015", "vg", "gqa", "nlvr2_train", "nlvr2_dev",
+                       "nlvr2_test1"}  # allenai/x-lxmert README "Download features": grid8 and boxes36 of each
 
 
 def test_dry_run_plans_the_whole_registry_without_network(tmp_path):
