@@ -89,6 +89,31 @@ def test_xlxmert_grid8_round_trip(tmp_path):
         np.testing.assert_array_equal(b[k]["grid"], g)
 
 
+def test_import_makes_the_datasets_ids(tmp_path):
+    """Published COCO files name images by file stem; under the dataset's `id_style: coco` the imported store has
+    the ids an extraction of the registry dataset has, so `compare` matches them; ids that meet are an error."""
+    from visfeat.datasets import DatasetError
+
+    rows = {f"COCO_val2014_{n:012d}": r for n, r in zip((42, 73, 391895), random_rows(4, 3).values())}
+    region_store(tmp_path / "pub.h5", rows)
+    export("lxmert-h5", str(tmp_path / "pub.h5"), str(tmp_path / "val2014_boxes36.h5"))
+    import_features("lxmert-h5", str(tmp_path / "val2014_boxes36.h5"), str(tmp_path / "b.h5"), id_style="coco")
+    b = visfeat.open(tmp_path / "b.h5")
+    assert sorted(b) == ["391895", "42", "73"]
+    np.testing.assert_array_equal(b["42"]["features"], rows["COCO_val2014_000000000042"]["features"])
+    extracted = {str(int(k[-12:])): r for k, r in rows.items()}  # what extracting coco_val2014 names them
+    region_store(tmp_path / "a.h5", extracted)
+    res = compare(str(tmp_path / "a.h5"), str(tmp_path / "b.h5"))
+    assert res["only_a"] == [] and res["only_b"] == [] and res["images"] == 3
+    import_features("lxmert-h5", str(tmp_path / "val2014_boxes36.h5"), str(tmp_path / "c.h5"))  # default: as is
+    assert sorted(visfeat.open(tmp_path / "c.h5")) == sorted(rows)
+    region_store(tmp_path / "twice.h5", {"COCO_val2014_000000000042": rows["COCO_val2014_000000000042"],
+                                         "COCO_test2015_000000000042": rows["COCO_val2014_000000000073"]})
+    export("lxmert-h5", str(tmp_path / "twice.h5"), str(tmp_path / "twice_pub.h5"))
+    with pytest.raises(DatasetError, match="both give image id '42'"):
+        import_features("lxmert-h5", str(tmp_path / "twice_pub.h5"), str(tmp_path / "d.h5"), id_style="coco")
+
+
 def test_compare_reports_exactly_the_differences(tmp_path):
     rows = random_rows(1)
     region_store(tmp_path / "a.h5", rows)
@@ -180,7 +205,7 @@ def test_registry_published_entry_matches_dataset_source_preset_and_options(tmp_
     p = snakemake(wd, "-n", "-p", "results/coco_val/obj36.h5")
     out = p.stdout + p.stderr
     assert "download_published" in out and "import_published" in out and "rule extract" not in out
-    assert "mscoco_imgfeat/val2014_obj36.zip" in out
+    assert "mscoco_imgfeat/val2014_obj36.zip" in out and "--id-style coco" in out  # COCO_val2014_..42 -> 42
     cfg["extractors"]["obj36"] = {"preset": "butd-r101-10-100"}
     (wd / "config/config.yaml").write_text(yaml.safe_dump(cfg))
     bad = snakemake(wd, "-n", check=False)

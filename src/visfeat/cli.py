@@ -87,7 +87,7 @@ def cmd_import(a) -> int:
         if len(files) != 1 or not files[0].is_file():
             raise SystemExit(f"{src}: give --member (files: {', '.join(str(f.relative_to(src)) for f in files[:10])})")
         src = files[0]
-    n = import_features(a.format, str(src), a.out, preset=a.preset or "", source_url=a.url or "")
+    n = import_features(a.format, str(src), a.out, preset=a.preset or "", source_url=a.url or "", id_style=a.id_style)
     print(f"imported {n} images from {a.file} ({a.format}) -> {a.out}")
     return 0
 
@@ -294,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="the preset the file corresponds to (recorded in the store)")
     p.add_argument("--url", help="where the file was published (recorded in the store)")
     p.add_argument("--member", help="FILE is a folder: the file inside it to import")
+    p.add_argument("--id-style", choices=["path", "stem", "coco"], default="path",
+                   help="the dataset's id_style, applied to the file's image ids (coco: COCO_val2014_000000000042 "
+                        "-> 42); default: kept as they are")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("compare", help="per-field agreement of two stores of the same dataset x preset")

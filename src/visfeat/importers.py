@@ -9,7 +9,8 @@
 - `xlxmert-grid8`: X-LXMERT `{backbone}_{split}_grid8.h5` (a group per image: features (8, 8, D)); the
   layout has no image sizes, so `image_hw` is (0, 0).
 Streamed in chunks of images (memory bounded by the chunk, not the file). The source file's name, size and
-sha256 are recorded in the store's attributes. These layouts carry no image paths: `image_path` is empty.
+sha256 are recorded in the store's attributes. These layouts carry no image paths: `image_path` is empty. Ids are
+made by the dataset's `id_style` from the file's (file stems), as the manifest makes them from file names.
 """
 from __future__ import annotations
 
@@ -94,11 +95,14 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def import_features(fmt: str, src: str, out: str, preset: str = "", source_url: str = "", chunk: int = 256) -> int:
-    """`src` in layout `fmt` -> the store `out`; returns the number of images."""
+def import_features(fmt: str, src: str, out: str, preset: str = "", source_url: str = "", chunk: int = 256,
+                    id_style: str = "path") -> int:
+    """`src` in layout `fmt` -> the store `out`; returns the number of images. `id_style` is the dataset's, so
+    the store's ids are those an extraction of the same dataset gives (LXMERT's and X-LXMERT's COCO files name
+    images by file stem, COCO_val2014_000000000042, where `coco` ids are 42)."""
     if fmt not in READERS:
         raise ValueError(f"unknown import format {fmt!r}; available: {', '.join(READERS)}")
-    rows = READERS[fmt](src)
+    rows = _with_ids(READERS[fmt](src), id_style, src)
     first = next(rows, None)
     if first is None:
         raise ValueError(f"{src}: no images in this {fmt} file")
@@ -119,6 +123,19 @@ def import_features(fmt: str, src: str, out: str, preset: str = "", source_url: 
         if buf:
             n += (_flush_grid if grid else _flush)(w, buf)
     return n
+
+
+def _with_ids(rows, style: str, src: str):
+    """The file's image ids (file stems) as the dataset's `id_style` makes them; two files' ids meeting is an error."""
+    from .datasets import DatasetError, id_for
+
+    seen: dict[str, str] = {}
+    for file_id, hw, fields in rows:
+        image_id = id_for(file_id, "coco") if style == "coco" else file_id
+        if seen.setdefault(image_id, file_id) != file_id:
+            raise DatasetError(f"{src}: {seen[image_id]!r} and {file_id!r} both give image id {image_id!r} "
+                               f"under id_style {style}")
+        yield image_id, hw, fields
 
 
 def _flush_grid(w, buf) -> int:

@@ -318,8 +318,9 @@ def get_published_download(wildcards):
 def import_args(wildcards):
     p = PUBLISHED[PUBLISHED_PAIRS[wildcards.pair]]
     extractor = wildcards.pair.split("/", 1)[1]
+    dataset = wildcards.pair.split("/", 1)[0]
     args = [f"--format {p['format']}", f"--preset {shlex.quote(EXTRACTORS[extractor]['preset'])}",
-            f"--url {shlex.quote(p['url'])}"]
+            f"--url {shlex.quote(p['url'])}", f"--id-style {id_style(dataset)}"]
     if p.get("member"):
         args.append(f"--member {shlex.quote(p['member'])}")
     return " ".join(args)
