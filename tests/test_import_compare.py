@@ -17,7 +17,7 @@ from visfeat.store import writing
 FIELDS = ("features", "boxes", "obj_id", "obj_conf", "attr_id", "attr_conf", "num_boxes", "image_hw")
 
 
-def region_store(path, rows: dict[str, dict]) -> None:
+def region_store(path, rows: dict[str, dict], paths: dict[str, str] | None = None) -> None:
     specs = [FieldSpec("features", (8,), ragged="regions"), FieldSpec("boxes", (4,), ragged="regions"),
              FieldSpec("obj_id", (), "int64", ragged="regions"), FieldSpec("obj_conf", (), ragged="regions"),
              FieldSpec("attr_id", (), "int64", ragged="regions"), FieldSpec("attr_conf", (), ragged="regions"),
@@ -26,7 +26,7 @@ def region_store(path, rows: dict[str, dict]) -> None:
         ids = list(rows)
         cat = {k: np.concatenate([rows[i][k] for i in ids]) for k in FIELDS[:6]}
         counts = np.asarray([len(rows[i]["boxes"]) for i in ids], np.int64)
-        w.append(ids, [f"{i}.jpg" for i in ids], np.asarray([rows[i]["image_hw"] for i in ids], np.int32),
+        w.append(ids, [(paths or {}).get(i, f"{i}.jpg") for i in ids], np.asarray([rows[i]["image_hw"] for i in ids], np.int32),
                  {**cat, "num_boxes": counts}, {"regions": counts})
 
 
@@ -89,29 +89,32 @@ def test_xlxmert_grid8_round_trip(tmp_path):
         np.testing.assert_array_equal(b[k]["grid"], g)
 
 
-def test_import_makes_the_datasets_ids(tmp_path):
-    """Published COCO files name images by file stem; under the dataset's `id_style: coco` the imported store has
-    the ids an extraction of the registry dataset has, so `compare` matches them; ids that meet are an error."""
+def test_export_by_file_stem_and_import_by_id_style(tmp_path):
+    """LXMERT's and X-LXMERT's COCO files name images by file stem (COCO_val2014_000000000042) where the registry's
+    `coco` ids are numbers (42): `names="stem"` exports as the originals name them, and importing under the
+    dataset's id_style gives the extraction's ids back, so `compare` matches image for image."""
     from visfeat.datasets import DatasetError
 
-    rows = {f"COCO_val2014_{n:012d}": r for n, r in zip((42, 73, 391895), random_rows(4, 3).values())}
-    region_store(tmp_path / "pub.h5", rows)
-    export("lxmert-h5", str(tmp_path / "pub.h5"), str(tmp_path / "val2014_boxes36.h5"))
-    import_features("lxmert-h5", str(tmp_path / "val2014_boxes36.h5"), str(tmp_path / "b.h5"), id_style="coco")
-    b = visfeat.open(tmp_path / "b.h5")
-    assert sorted(b) == ["391895", "42", "73"]
-    np.testing.assert_array_equal(b["42"]["features"], rows["COCO_val2014_000000000042"]["features"])
-    extracted = {str(int(k[-12:])): r for k, r in rows.items()}  # what extracting coco_val2014 names them
-    region_store(tmp_path / "a.h5", extracted)
-    res = compare(str(tmp_path / "a.h5"), str(tmp_path / "b.h5"))
-    assert res["only_a"] == [] and res["only_b"] == [] and res["images"] == 3
-    import_features("lxmert-h5", str(tmp_path / "val2014_boxes36.h5"), str(tmp_path / "c.h5"))  # default: as is
-    assert sorted(visfeat.open(tmp_path / "c.h5")) == sorted(rows)
-    region_store(tmp_path / "twice.h5", {"COCO_val2014_000000000042": rows["COCO_val2014_000000000042"],
-                                         "COCO_test2015_000000000042": rows["COCO_val2014_000000000073"]})
-    export("lxmert-h5", str(tmp_path / "twice.h5"), str(tmp_path / "twice_pub.h5"))
+    rows = dict(zip(("42", "73", "391895"), random_rows(4, 3).values()))
+    paths = {i: f"val2014/COCO_val2014_{int(i):012d}.jpg" for i in rows}
+    region_store(tmp_path / "a.h5", rows, paths)  # as extracting coco_val2014 names them
+    for fmt in ("lxmert-tsv", "xlxmert-boxes36"):
+        export(fmt, str(tmp_path / "a.h5"), str(tmp_path / f"{fmt}.pub"), names="stem")
+        import_features(fmt, str(tmp_path / f"{fmt}.pub"), str(tmp_path / "as_is.h5"))
+        assert sorted(visfeat.open(tmp_path / "as_is.h5")) == sorted(p[8:-4] for p in paths.values())
+        import_features(fmt, str(tmp_path / f"{fmt}.pub"), str(tmp_path / "b.h5"), id_style="coco")
+        b = visfeat.open(tmp_path / "b.h5")
+        np.testing.assert_array_equal(b["42"]["features"], rows["42"]["features"])
+        res = compare(str(tmp_path / "a.h5"), str(tmp_path / "b.h5"))
+        assert res["only_a"] == [] and res["only_b"] == [] and res["images"] == 3, fmt
+    region_store(tmp_path / "twice.h5", {"42": rows["42"], "73": rows["73"]},
+                 {"42": "val2014/COCO_val2014_000000000042.jpg", "73": "test2015/COCO_test2015_000000000042.jpg"})
+    export("lxmert-h5", str(tmp_path / "twice.h5"), str(tmp_path / "twice.pub"), names="stem")
     with pytest.raises(DatasetError, match="both give image id '42'"):
-        import_features("lxmert-h5", str(tmp_path / "twice_pub.h5"), str(tmp_path / "d.h5"), id_style="coco")
+        import_features("lxmert-h5", str(tmp_path / "twice.pub"), str(tmp_path / "c.h5"), id_style="coco")
+    region_store(tmp_path / "clash.h5", {"a/x": rows["42"], "b/x": rows["73"]}, {"a/x": "a/x.jpg", "b/x": "b/x.jpg"})
+    with pytest.raises(ValueError, match="one file stem 'x'"):
+        export("lxmert-h5", str(tmp_path / "clash.h5"), str(tmp_path / "clash.pub"), names="stem")
 
 
 def test_compare_reports_exactly_the_differences(tmp_path):

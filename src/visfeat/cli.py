@@ -73,7 +73,7 @@ def cmd_inspect(a) -> int:
 def cmd_export(a) -> int:
     from .exporters import export
 
-    n = export(a.format, a.file, a.out, split=a.split)
+    n = export(a.format, a.file, a.out, split=a.split, names=a.names)
     print(f"exported {n} images to {a.out} ({a.format})")
     return 0
 
@@ -285,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("out")
     p.add_argument("--split", help="vissl-npy: the split in the file names (default train)")
+    p.add_argument("--names", choices=["id", "stem"], default="id",
+                   help="name images by store id (default) or by image file stem, as LXMERT/X-LXMERT/MMF name "
+                        "them (COCO_val2014_000000000042 for coco id 42)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("import", help="a published feature file into a store")

@@ -24,6 +24,9 @@ Available:
   holding features (K, D) float32, obj_id, boxes (K, 4) original pixels, img_w, img_h.
 - `xlxmert-grid8` (X-LXMERT `{backbone}_{split}_grid8.h5`): OUT is one HDF5 file with a group per image id
   holding `features` (8, 8, D) float32.
+Images are named by their store id, or with `names="stem"` (`visfeat export --names stem`) by their image file's
+stem, as the originals name them: LXMERT's and X-LXMERT's COCO files say COCO_val2014_000000000042 where the
+registry's `coco` id is 42 (the importers' `id_style` undoes it).
 """
 from __future__ import annotations
 
@@ -34,14 +37,14 @@ import numpy as np
 from .store import FeatureStore, iter_rows
 
 
-def export_xmodaler_npz(path: str, out: str) -> int:
+def export_xmodaler_npz(path: str, out: str, names: str = "id") -> int:
     store = FeatureStore(path)
-    names = {s.name for s in store.specs}
-    if not {"grid", "global"} <= names:
-        raise ValueError(f"xmodaler-npz needs fields grid and global; {path} has {sorted(names)}")
+    have = {s.name for s in store.specs}
+    if not {"grid", "global"} <= have:
+        raise ValueError(f"xmodaler-npz needs fields grid and global; {path} has {sorted(have)}")
     Path(out).mkdir(parents=True, exist_ok=True)
     n = 0
-    for ids, _, _, fields, _ in iter_rows(store):
+    for ids, _, _, fields, _ in named_rows(store, names):
         for k, image_id in enumerate(ids):
             grid = fields["grid"][k].astype(np.float32)
             dest = Path(out) / f"{image_id}.npz"
@@ -52,9 +55,25 @@ def export_xmodaler_npz(path: str, out: str) -> int:
     return n
 
 
-def per_image(store: FeatureStore):
-    """(image_id, (h, w), fields of that image) for every row, streamed in chunks; ragged fields split."""
-    for ids, _, hw, fields, counts in iter_rows(store):
+def named_rows(store: FeatureStore, names: str = "id"):
+    """`iter_rows` with each image named by its store id (`names="id"`), or by its image file's stem
+    (`names="stem"`: COCO_val2014_000000000042 where a `coco` id is 42), as the originals name their outputs
+    (LXMERT's img_id, X-LXMERT's groups, MMF's file names). Imported stores have no file names: their ids stay."""
+    if names not in ("id", "stem"):
+        raise ValueError(f"names: 'id' or 'stem', not {names!r}")
+    seen: dict[str, str] = {}
+    for ids, paths, hw, fields, counts in iter_rows(store):
+        if names == "stem":
+            ids = [Path(p).stem if p else i for i, p in zip(ids, paths)]
+            for i, p in zip(ids, paths):
+                if seen.setdefault(i, p) != p:
+                    raise ValueError(f"{store.path}: {seen[i]!r} and {p!r} have one file stem {i!r}: export by id")
+        yield ids, paths, hw, fields, counts
+
+
+def per_image(store: FeatureStore, names: str = "id"):
+    """(name, (h, w), fields of that image) for every row, streamed in chunks; ragged fields split."""
+    for ids, _, hw, fields, counts in named_rows(store, names):
         starts = {g: np.concatenate([[0], np.cumsum(c)]) for g, c in counts.items()}
         for k, image_id in enumerate(ids):
             one = {}
@@ -69,9 +88,9 @@ def per_image(store: FeatureStore):
 
 def _regions(path: str, fmt: str) -> FeatureStore:
     store = FeatureStore(path)
-    names = {s.name for s in store.specs}
-    if not {"features", "boxes", "obj_id", "obj_conf"} <= names:
-        raise ValueError(f"{fmt} needs a region store (features, boxes, obj_id, obj_conf); {path} has {sorted(names)}")
+    have = {s.name for s in store.specs}
+    if not {"features", "boxes", "obj_id", "obj_conf"} <= have:
+        raise ValueError(f"{fmt} needs a region store (features, boxes, obj_id, obj_conf); {path} has {sorted(have)}")
     return store
 
 
@@ -85,7 +104,7 @@ def _region_arrays(f: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
-def export_lxmert_h5(path: str, out: str) -> int:
+def export_lxmert_h5(path: str, out: str, names: str = "id") -> int:
     import h5py
 
     store = _regions(path, "lxmert-h5")
@@ -93,7 +112,7 @@ def export_lxmert_h5(path: str, out: str) -> int:
     tmp = Path(out).with_name(Path(out).name + ".tmp")
     n = 0
     with h5py.File(tmp, "w") as h:
-        for image_id, (ih, iw), f in per_image(store):
+        for image_id, (ih, iw), f in per_image(store, names):
             g = h.create_group(image_id)
             for k, v in _region_arrays(f).items():
                 g.create_dataset(k, data=v)
@@ -107,7 +126,7 @@ TSV_FIELDS = ("img_id", "img_h", "img_w", "objects_id", "objects_conf", "attrs_i
               "boxes", "features")  # LXMERT src/utils.py FIELDNAMES
 
 
-def export_lxmert_tsv(path: str, out: str) -> int:
+def export_lxmert_tsv(path: str, out: str, names: str = "id") -> int:
     import base64
     import csv
 
@@ -120,7 +139,7 @@ def export_lxmert_tsv(path: str, out: str) -> int:
     n = 0
     with open(tmp, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=TSV_FIELDS, delimiter="\t")
-        for image_id, (ih, iw), f in per_image(store):
+        for image_id, (ih, iw), f in per_image(store, names):
             r = _region_arrays(f)
             w.writerow({"img_id": image_id, "img_h": ih, "img_w": iw, "objects_id": b64(r["obj_id"]),
                         "objects_conf": b64(r["obj_conf"]), "attrs_id": b64(r["attr_id"]),
@@ -157,12 +176,12 @@ def _foreground(cls_prob: np.ndarray, store: FeatureStore) -> np.ndarray:
     return cls_prob[:, 1:] if legacy else cls_prob[:, :-1]
 
 
-def export_mmf_npy(path: str, out: str) -> int:
+def export_mmf_npy(path: str, out: str, names: str = "id") -> int:
     store = _regions(path, "mmf-npy")
     vinvl = "attr_ids" in {s.name for s in store.specs}
     Path(out).mkdir(parents=True, exist_ok=True)
     n = 0
-    for image_id, (ih, iw), f in per_image(store):
+    for image_id, (ih, iw), f in per_image(store, names):
         feats = f["features"].astype(np.float32)
         boxes = f["boxes"].astype(np.float32)
         if vinvl:
@@ -187,18 +206,18 @@ def export_mmf_npy(path: str, out: str) -> int:
     return n
 
 
-def export_xlxmert_boxes36(path: str, out: str) -> int:
+def export_xlxmert_boxes36(path: str, out: str, names: str = "id") -> int:
     import h5py
 
     store = FeatureStore(path)
-    names = {s.name for s in store.specs}
-    if not {"features", "boxes", "obj_id"} <= names:
-        raise ValueError(f"xlxmert-boxes36 needs a region store (features, boxes, obj_id); {path} has {sorted(names)}")
+    have = {s.name for s in store.specs}
+    if not {"features", "boxes", "obj_id"} <= have:
+        raise ValueError(f"xlxmert-boxes36 needs a region store (features, boxes, obj_id); {path} has {sorted(have)}")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(out).with_name(Path(out).name + ".tmp")
     n = 0
     with h5py.File(tmp, "w") as h:
-        for image_id, (ih, iw), f in per_image(store):
+        for image_id, (ih, iw), f in per_image(store, names):
             g = h.create_group(image_id)  # coco_extract_bbox_feature.py's datasets, in its order
             g["features"] = f["features"].astype(np.float32)
             g["obj_id"] = f["obj_id"].astype(np.int64)
@@ -209,7 +228,7 @@ def export_xlxmert_boxes36(path: str, out: str) -> int:
     return n
 
 
-def export_xlxmert_grid8(path: str, out: str) -> int:
+def export_xlxmert_grid8(path: str, out: str, names: str = "id") -> int:
     import h5py
 
     store = FeatureStore(path)
@@ -221,7 +240,7 @@ def export_xlxmert_grid8(path: str, out: str) -> int:
     tmp = Path(out).with_name(Path(out).name + ".tmp")
     n = 0
     with h5py.File(tmp, "w") as h:
-        for ids, _, _, fields, _ in iter_rows(store):
+        for ids, _, _, fields, _ in named_rows(store, names):
             for k, image_id in enumerate(ids):
                 h.create_group(image_id)["features"] = fields["grid"][k].astype(np.float32)
                 n += 1
@@ -235,11 +254,13 @@ EXPORTERS = {"xmodaler-npz": export_xmodaler_npz, "lxmert-h5": export_lxmert_h5,
 SPLIT_FORMATS = ("vissl-npy",)  # formats whose file names carry a split (`visfeat export --split`)
 
 
-def export(fmt: str, path: str, out: str, split: str | None = None) -> int:
+def export(fmt: str, path: str, out: str, split: str | None = None, names: str = "id") -> int:
     if fmt not in EXPORTERS:
         raise ValueError(f"unknown export format {fmt!r}; available: {', '.join(EXPORTERS)}")
+    if fmt in SPLIT_FORMATS:  # images are rows (inds), not names
+        if names != "id":
+            raise ValueError(f"{fmt} names no images (it writes row indices): --names does not apply")
+        return EXPORTERS[fmt](path, out) if split is None else EXPORTERS[fmt](path, out, split=split)
     if split is not None:
-        if fmt not in SPLIT_FORMATS:
-            raise ValueError(f"--split applies to {', '.join(SPLIT_FORMATS)}, not {fmt}")
-        return EXPORTERS[fmt](path, out, split=split)
-    return EXPORTERS[fmt](path, out)
+        raise ValueError(f"--split applies to {', '.join(SPLIT_FORMATS)}, not {fmt}")
+    return EXPORTERS[fmt](path, out, names=names)
