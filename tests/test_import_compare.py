@@ -26,7 +26,8 @@ def region_store(path, rows: dict[str, dict], paths: dict[str, str] | None = Non
         ids = list(rows)
         cat = {k: np.concatenate([rows[i][k] for i in ids]) for k in FIELDS[:6]}
         counts = np.asarray([len(rows[i]["boxes"]) for i in ids], np.int64)
-        w.append(ids, [(paths or {}).get(i, f"{i}.jpg") for i in ids], np.asarray([rows[i]["image_hw"] for i in ids], np.int32),
+        paths = [(paths or {}).get(i, f"{i}.jpg") for i in ids]
+        w.append(ids, paths, np.asarray([rows[i]["image_hw"] for i in ids], np.int32),
                  {**cat, "num_boxes": counts}, {"regions": counts})
 
 

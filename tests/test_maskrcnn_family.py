@@ -212,8 +212,8 @@ def test_mmf_npy_export_reads_like_mmf(tmp_path, preset, weights):
             assert info["cls_prob"].shape == (k, row["cls_prob"].shape[1] - 1)  # background column dropped
 
 
-def test_vinvl_labelmap_from_the_weights_folder(tmp_path):
-    """The labelmap is fetched beside the weights; ids (0-based) read as its words (1-based in the file)."""
+def test_labelmaps_from_the_weights_folder(tmp_path):
+    """The labelmaps are fetched beside the weights; ids (0-based) read as their words (VinVL's file: 1-based)."""
     import json
 
     from visfeat.vocab import words_for
@@ -226,6 +226,13 @@ def test_vinvl_labelmap_from_the_weights_folder(tmp_path):
         "attribute_to_idx": {"white": 1, "black": 2}, "idx_to_attribute": {"1": "white", "2": "black"}}))
     objects, attributes = words_for("vinvl-x152c4", tmp_path)
     assert objects == ("man", "shirt", "tree") and attributes == ("white", "black")
+    # VMB: Pythia's COCO-style categories, ids = MMF's 0-based `objects` (extract_features_vmb.py, no --background)
+    for preset in ("vmb-x152", "vmb-x101"):
+        assert words_for(preset, tmp_path) is None
+        (tmp_path / preset).mkdir()
+        (tmp_path / preset / "visual_genome_categories.json").write_text(json.dumps({"categories": [
+            {"id": 1, "name": "shirt"}, {"id": 0, "name": "yolk"}, {"id": 2, "name": "tree"}]}))
+        assert words_for(preset, tmp_path) == (("yolk", "shirt", "tree"), ())
 
 
 def test_config_yaml_is_read_for_the_values_that_matter():

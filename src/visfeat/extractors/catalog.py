@@ -349,6 +349,7 @@ _VMB_OPTIONS = {
     "keep_cls_prob": True,  # MMF's info cls_prob
     "config_yaml": None,  # the checkpoint's yaml (detectron_model.yaml), read for the values that matter
 }
+_VG_CATEGORIES = "visual_genome_categories.json"
 _VMB = {  # name: (groups, width, weights file, config, summary)
     "vmb-x152": (32, 8, "detectron_model_x152.pth", "ResNeXt-152 32x8d"),
     "vmb-x101": (64, 4, "detectron_model.pth", "ResNeXt-101 64x4d"),
@@ -366,9 +367,11 @@ for _name, (_groups, _width, _file, _what) in _VMB.items():
             citation="Jiang et al., Pythia v0.1, arXiv:1807.09956; Lu et al., 12-in-1, CVPR 2020",
             options={**_VMB_OPTIONS, "num_groups": _groups, "width_per_group": _width,
                      "depth": 152 if "152" in _name else 101},
-            weights=(WeightFile(f"{_name}.pth", f"{_MMF_URL}/pythia/detectron_model/{_file}"),),
+            weights=(WeightFile(f"{_name}.pth", f"{_MMF_URL}/pythia/detectron_model/{_file}"),
+                     # the category names (extract_features_vmb.py header: "Category mapping for visual genome")
+                     WeightFile(_VG_CATEGORIES, f"{_MMF_URL}/pythia/data/{_VG_CATEGORIES}")),
             weights_note="kept per preset: two different files are called detectron_model.pth "
-                         "(Pythia's X-101 and vilbert-multi-task's X-152)",
+                         f"(Pythia's X-101 and vilbert-multi-task's X-152); + {_VG_CATEGORIES} (ids -> words)",
         )
     )
 

@@ -2,8 +2,9 @@
 
 `vg_objects.txt` (1600) and `vg_attributes.txt` (400): Visual Genome 1600-400-20, from bottom-up-attention
 (py-bottom-up-attention demo/data/genome/1600-400-20/). Line k is id k (0-based, background excluded).
-VinVL's labelmap (`VG-SGG-dicts-vgoi6-clipped.json`: `idx_to_label` / `idx_to_attribute`, 1-based) is not
-redistributed here: it is fetched with the weights (a second file of the preset) and read from the weights
+VinVL's labelmap (`VG-SGG-dicts-vgoi6-clipped.json`: `idx_to_label` / `idx_to_attribute`, 1-based) and VMB's
+category names (Pythia's `visual_genome_categories.json`) are not redistributed here: each is fetched with the
+weights (a second file of the preset) and read from the weights
 folder (`<weights root>/vinvl-x152c4/`; the workflow passes its configured `resources:`) when it is there.
 """
 from __future__ import annotations
@@ -23,12 +24,21 @@ def load(name: str) -> tuple[str, ...]:
 
 
 WEIGHTS_ROOT = "resources/weights"  # the workflow's default `resources:` + /weights; `--weights-root` elsewhere
-PRESET_LABELMAPS = {"vinvl-x152c4": "VG-SGG-dicts-vgoi6-clipped.json"}  # scene_graph_benchmark labelmap files
+PRESET_LABELMAPS = {  # fetched beside the weights
+    "vinvl-x152c4": "VG-SGG-dicts-vgoi6-clipped.json",  # scene_graph_benchmark's labelmap
+    "vmb-x152": "visual_genome_categories.json",  # Pythia's, named in MMF extract_features_vmb.py
+    "vmb-x101": "visual_genome_categories.json",
+}
 
 
 def read_labelmap(path: str | Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """scene_graph_benchmark labelmap JSON -> (objects, attributes) indexed by our 0-based ids (file id - 1)."""
+    """A labelmap JSON -> (objects, attributes) indexed by our 0-based ids. scene_graph_benchmark's
+    (`idx_to_label` / `idx_to_attribute`, 1-based: file id - 1) or Pythia's COCO-style `categories` (ids as MMF's
+    VMB `objects` without --background, 0-based; no attributes)."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if "categories" in data:
+        table = {int(c["id"]): c["name"] for c in data["categories"]}
+        return tuple(table.get(i, str(i)) for i in range(max(table, default=-1) + 1)), ()
 
     def words(key: str) -> tuple[str, ...]:
         table = {int(k): v for k, v in data.get(key, {}).items()}
