@@ -42,17 +42,17 @@ def unpruned(name: str, boxes, probs, class_boxes):
                                                       suppress_equal=equal), 0.0)
 
 
-def timed(fn, repeat: int, device: str) -> tuple[float, object]:
+def timed(fn, repeat: int, device: str) -> float:
     best = float("inf")
     for _ in range(repeat):
         if device == "cuda":
             torch.cuda.synchronize()
         t = time.perf_counter()
-        out = fn()
+        fn()
         if device == "cuda":
             torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t)
-    return best, out
+    return best
 
 
 def main() -> None:
@@ -73,8 +73,8 @@ def main() -> None:
     for peak, label in ((3.0, "trained-like"), (0.1, "near uniform")):
         b, p, cb = detections(args.proposals, args.classes, peak, args.device)
         for name, run in runs.items():
-            t_loop, _ = timed(lambda: unpruned(name, b, p, cb), args.repeat, args.device)
-            t_new, _ = timed(lambda: run(b, p, cb), args.repeat, args.device)
+            t_loop = timed(lambda: unpruned(name, b, p, cb), args.repeat, args.device)
+            t_new = timed(lambda: run(b, p, cb), args.repeat, args.device)
             print(f"| {name} | {label} | {t_loop:.3f} | {t_new:.4f} | {t_loop / t_new:.0f}x |", flush=True)
 
 

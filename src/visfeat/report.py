@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 
 from .images import ImageError, load_image  # noqa: E402
 from .store import FeatureStore  # noqa: E402
-from .vocab import WEIGHTS_ROOT as DEFAULT_WEIGHTS_ROOT  # noqa: E402
+from .vocab import WEIGHTS_ROOT  # noqa: E402
 
 _DONE = re.compile(r"\[visfeat\] done: (\d+) images, (\d+) failed, (\d+) processed now in ([\d.]+) s")
 
@@ -89,7 +89,7 @@ def _save(fig, path: Path) -> None:
 
 
 def feature_report(store_path: str, out_dir: str, root: str | None = None, logs: list[str] = (), n_samples: int = 8,
-                   weights_root: str = DEFAULT_WEIGHTS_ROOT) -> list[Path]:
+                   weights_root: str = WEIGHTS_ROOT) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     s = FeatureStore(store_path)
@@ -248,7 +248,7 @@ def kmeans_report(centroids_h5: str, codes_store: str | None, out_dir: str, root
 
 
 def show(store_path: str, image_id: str, out: str, root: str | None = None,
-         weights_root: str = DEFAULT_WEIGHTS_ROOT) -> Path:
+         weights_root: str = WEIGHTS_ROOT) -> Path:
     s = FeatureStore(store_path)
     if image_id not in s:
         raise KeyError(f"{image_id!r} is not in {store_path}")
