@@ -16,7 +16,7 @@ import torch
 
 import visfeat
 from visfeat.extract import folder_items, run_extraction
-from photos import cosine, iou, photo
+from photos import assert_same_regions, cosine, photo, top_boxes
 
 FIX = Path(__file__).parent / "fixtures"
 VINVL = FIX / "vinvl" / "tiny_vinvl.pth"
@@ -39,25 +39,6 @@ def run(ex, names) -> list[dict]:
     return ex.forward(batch)
 
 
-def assert_matched(ours: dict, boxes, labels, feats, what: str, scores=None, score_key="obj_conf") -> np.ndarray:
-    """Same count; boxes matched one to one with IoU >= 0.99; same labels; features cosine >= 0.999."""
-    assert len(ours["boxes"]) == len(boxes), f"{what}: {len(ours['boxes'])} boxes, reference {len(boxes)}"
-    m = iou(boxes, ours["boxes"])
-    match, used = [], set()
-    for i in range(len(boxes)):  # greedy one to one: the same box and label, in score order (ties, duplicates)
-        cand = [j for j in np.argsort(-m[i], kind="stable")
-                if j not in used and m[i, j] >= 0.99 and ours["obj_id"][j] == labels[i]]
-        assert cand, f"{what}: reference box {i} {boxes[i]} (label {labels[i]}) has no match " \
-                     f"(best IoU {m[i].max():.4f})"
-        match.append(cand[0])
-        used.add(cand[0])
-    match = np.asarray(match)
-    assert cosine(ours["features"][match], feats).min() >= 0.999, f"{what}: feature cosine"
-    if scores is not None:
-        np.testing.assert_allclose(ours[score_key][match], scores, atol=1e-3, err_msg=what)
-    return match
-
-
 # ---- VinVL ----------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def vinvl_ref():
@@ -72,10 +53,9 @@ def test_vinvl_parity_with_scene_graph_benchmark(vinvl_ref, variant):
         (o,) = run(ex, [n])
         r = sub(vinvl_ref, f"{Path(n).stem}/{variant}/")
         what = f"{variant} {n}"
-        match = assert_matched(o, r["boxes"], r["labels"] - 1, r["box_features"], what, r["scores"])
         ref_ids = np.where(r["attr_scores"] > 0, r["attr_labels"] - 1, -1)  # empty slots: -1 (ours), score 0
-        assert np.array_equal(o["attr_ids"][match], ref_ids), f"{what}: attribute ids differ"
-        np.testing.assert_allclose(o["attr_confs"][match], r["attr_scores"], atol=1e-3, err_msg=what)
+        assert_same_regions(o, {"boxes": r["boxes"], "obj_id": r["labels"] - 1, "features": r["box_features"],
+                                "obj_conf": r["scores"], "attr_ids": ref_ids, "attr_confs": r["attr_scores"]}, what)
 
 
 def test_vinvl_batch_of_mixed_sizes_equals_alone():
@@ -83,8 +63,7 @@ def test_vinvl_batch_of_mixed_sizes_equals_alone():
     names = list(PHOTOS)
     for n, b in zip(names, run(ex, names)):
         (a,) = run(ex, [n])
-        assert_matched(b, a["boxes"], a["obj_id"], a["features"], f"batched {n}", a["obj_conf"])
-        assert np.array_equal(b["attr_ids"], a["attr_ids"])
+        assert_same_regions(b, a, f"batched {n}")  # every field, through the matching: ties may swap rows
 
 
 # ---- VMB and grid8 ----------------------------------------------------------------------------------------------
@@ -100,9 +79,10 @@ def test_vmb_parity_with_mmf_extract_features_vmb(vmb_ref):
         r = sub(vmb_ref, f"{Path(n).stem}/vmb/")
         k = int(r["num_boxes"])
         assert int(o["num_boxes"]) == k, f"{n}: num_boxes {o['num_boxes']} vs {k}"
-        top = {f: v[:k] for f, v in o.items() if f != "num_boxes"}  # MMF's order beyond num_boxes is a tie order
-        match = assert_matched(top, r["bbox"][:k], r["objects"][:k], r["features"][:k], n)
-        np.testing.assert_allclose(top["cls_prob"][match][:, 1:], r["cls_prob"][:k], atol=1e-3, err_msg=n)
+        top = top_boxes(o, k)  # MMF's order beyond num_boxes is a tie order
+        top["cls_prob"] = top["cls_prob"][:, 1:]  # MMF drops the background column
+        assert_same_regions(top, {"boxes": r["bbox"][:k], "obj_id": r["objects"][:k], "features": r["features"][:k],
+                                  "cls_prob": r["cls_prob"][:k]}, n)
 
 
 def test_grid8_parity_with_xlxmert(vmb_ref):
@@ -122,8 +102,7 @@ def test_vmb_batch_of_mixed_sizes_equals_alone():
         (a,) = run(ex, [n])
         k = int(a["num_boxes"])
         assert int(b["num_boxes"]) == k
-        assert_matched({f: v[:k] for f, v in b.items() if f != "num_boxes"}, a["boxes"][:k], a["obj_id"][:k],
-                       a["features"][:k], f"batched {n}")
+        assert_same_regions(top_boxes(b, k), top_boxes(a, k), f"batched {n}")
 
 
 # ---- checkpoints ------------------------------------------------------------------------------------------------
