@@ -4,8 +4,7 @@ rule prepare_dataset:
     output:
         directory(f"{RES}/datasets/{{prepared}}"),
     params:
-        args=prepare_args,
-        visfeat=VISFEAT,
+        args=lambda wc: ARGS.prepare(wc.prepared),
     log:
         "logs/prepare_dataset/{prepared}.log",
     localrule: True
@@ -13,7 +12,7 @@ rule prepare_dataset:
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "{params.visfeat} prepare {params.args} --dest {output} > {log} 2>&1 || (tail -n 3 {log} >&2; exit 1)"
+        visfeat("prepare {params.args} --dest {output}")
 
 
 rule download_archive:
@@ -22,8 +21,7 @@ rule download_archive:
     output:
         directory(f"{RES}/archives/{{archive}}"),
     params:
-        args=archive_args,
-        visfeat=VISFEAT,
+        args=lambda wc: ARGS.download_archive(wc.archive),
     log:
         "logs/download_archive/{archive}.log",
     localrule: True
@@ -31,8 +29,7 @@ rule download_archive:
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "{params.visfeat} prepare --source archive {params.args} --dest {output} > {log} 2>&1 "
-        "|| (tail -n 3 {log} >&2; exit 1)"
+        visfeat("prepare --source archive {params.args} --dest {output}")
 
 
 rule manifest:
@@ -41,11 +38,10 @@ rule manifest:
     output:
         f"{R}/{{dataset}}/manifest.parquet",
     params:
-        args=manifest_args,
-        visfeat=VISFEAT,
+        args=lambda wc: ARGS.manifest(wc.dataset),
     log:
         "logs/manifest/{dataset}.log",
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "{params.visfeat} manifest {params.args} --out {output} > {log} 2>&1 || (tail -n 3 {log} >&2; exit 1)"
+        visfeat("manifest {params.args} --out {output}")

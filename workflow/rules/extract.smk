@@ -8,9 +8,8 @@ rule extract:
     output:
         f"{R}/{{dataset}}/{{extractor}}/shards/{{i}}.h5",
     params:
-        args=extract_args,
-        root=lambda wc: dataset_root(wc.dataset),
-        visfeat=VISFEAT,
+        args=lambda wc, input: ARGS.extract(wc.extractor, input.weights, input.boxes),
+        root=lambda wc: ARGS.dataset_root(wc.dataset),
     log:
         "logs/extract/{dataset}/{extractor}/{i}.log",
     threads: lambda wc: EXTRACTORS[wc.extractor]["workers"] + 1
@@ -19,5 +18,4 @@ rule extract:
     conda:
         get_extract_env
     shell:
-        "{params.visfeat} extract {params.args} --list {input.shard} --root {params.root:q} --out {output} "
-        "> {log} 2>&1"
+        visfeat("extract {params.args} --list {input.shard} --root {params.root:q} --out {output}")

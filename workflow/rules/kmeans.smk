@@ -7,8 +7,7 @@ rule kmeans_train:
         centroids=f"{R}/kmeans/{{kmeans}}/centroids.h5",
         npy=f"{R}/kmeans/{{kmeans}}/centroids.npy",
     params:
-        args=kmeans_train_args,
-        visfeat=VISFEAT,
+        args=lambda wc: ARGS.kmeans_train(wc.kmeans),
     log:
         "logs/kmeans_train/{kmeans}.log",
     resources:
@@ -16,8 +15,7 @@ rule kmeans_train:
     conda:
         "../../envs/kmeans.yaml"
     shell:
-        "{params.visfeat} kmeans-train {params.args} --out {output.centroids} --npy {output.npy} {input} "
-        "> {log} 2>&1 || (tail -n 3 {log} >&2; exit 1)"
+        visfeat("kmeans-train {params.args} --out {output.centroids} --npy {output.npy} {input}")
 
 
 rule kmeans_assign:
@@ -30,7 +28,6 @@ rule kmeans_assign:
         pickle=f"{R}/kmeans/{{kmeans}}/{{dataset}}_codes.pkl",
     params:
         gpu=lambda wc: config["kmeans"][wc.kmeans]["gpu"],
-        visfeat=VISFEAT,
     log:
         "logs/kmeans_assign/{kmeans}/{dataset}.log",
     resources:
@@ -38,8 +35,10 @@ rule kmeans_assign:
     conda:
         "../../envs/kmeans.yaml"
     shell:
-        "{params.visfeat} kmeans-assign --centroids {input.centroids} --gpu {params.gpu} --out {output.codes} "
-        "--pickle {output.pickle} {input.store} > {log} 2>&1"
+        visfeat(
+            "kmeans-assign --centroids {input.centroids} --gpu {params.gpu} --out {output.codes} "
+            "--pickle {output.pickle} {input.store}"
+        )
 
 
 rule kmeans:

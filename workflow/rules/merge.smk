@@ -6,11 +6,9 @@ rule merge:
         manifest=f"{R}/{{dataset}}/manifest.parquet",
     output:
         f"{R}/{{dataset}}/{{extractor}}.h5",
-    params:
-        visfeat=VISFEAT,
     log:
         "logs/merge/{dataset}/{extractor}.log",
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "{params.visfeat} merge --manifest {input.manifest} --out {output} {input.shards} > {log} 2>&1"
+        visfeat("merge --manifest {input.manifest} --out {output} {input.shards}")

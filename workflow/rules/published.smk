@@ -4,8 +4,7 @@ rule download_published:
     output:
         directory(f"{RES}/published/{{published}}"),
     params:
-        args=download_published_args,
-        visfeat=VISFEAT,
+        args=lambda wc: ARGS.download_published(wc.published),
     log:
         "logs/download_published/{published}.log",
     localrule: True
@@ -13,8 +12,7 @@ rule download_published:
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "{params.visfeat} prepare --source archive {params.args} --dest {output} > {log} 2>&1 "
-        "|| (tail -n 3 {log} >&2; exit 1)"
+        visfeat("prepare --source archive {params.args} --dest {output}")
 
 
 rule import_published:
@@ -25,16 +23,15 @@ rule import_published:
     output:
         f"{R}/{{pair}}.h5",
     wildcard_constraints:
-        pair=_alternatives(PUBLISHED_PAIRS),
+        pair=_alternatives(ARGS.published_pairs),
     params:
-        args=import_args,
-        visfeat=VISFEAT,
+        args=lambda wc: ARGS.import_published(wc.pair),
     log:
         "logs/import_published/{pair}.log",
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "{params.visfeat} import {params.args} {input} {output} > {log} 2>&1"
+        visfeat("import {params.args} {input} {output}")
 
 
 ruleorder: import_published > merge

@@ -34,14 +34,13 @@ rule report_features:
             subcategory="{extractor}",
         ),
     params:
-        args=report_feature_args,
-        visfeat=VISFEAT,
+        args=lambda wc: ARGS.report_features(wc.dataset, wc.extractor),
     log:
         "logs/report_features/{dataset}/{extractor}.log",
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "{params.visfeat} report --store {input} {params.args} > {log} 2>&1"
+        visfeat("report --store {input} {params.args}")
 
 
 rule report_kmeans:
@@ -67,11 +66,10 @@ rule report_kmeans:
             subcategory="{kmeans}",
         ),
     params:
-        args=report_kmeans_args,
-        visfeat=VISFEAT,
+        args=lambda wc: ARGS.report_kmeans(wc.kmeans),
     log:
         "logs/report_kmeans/{kmeans}.log",
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "{params.visfeat} report --centroids {input.centroids} {params.args} > {log} 2>&1"
+        visfeat("report --centroids {input.centroids} {params.args}")

@@ -6,10 +6,9 @@ rule shard:
         f"{R}/{{dataset}}/shards/{{i}}.txt",
     params:
         n=lambda wc: DATASETS[wc.dataset]["shards"],
-        visfeat=VISFEAT,
     log:
         "logs/shard/{dataset}/{i}.log",
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "{params.visfeat} shard --manifest {input} --n {params.n} --index {wildcards.i} --out {output} > {log} 2>&1"
+        visfeat("shard --manifest {input} --n {params.n} --index {wildcards.i} --out {output}")

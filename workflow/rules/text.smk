@@ -7,7 +7,6 @@ rule text_embeddings:
         f"{R}/text/{{name}}/{{extractor}}.h5",
     params:
         preset=lambda wc: EXTRACTORS[wc.extractor]["preset"],
-        visfeat=VISFEAT,
     log:
         "logs/text_embeddings/{name}/{extractor}.log",
     resources:
@@ -15,5 +14,4 @@ rule text_embeddings:
     conda:
         get_extract_env
     shell:
-        "{params.visfeat} text --preset {params.preset} --weights {input.weights} --captions {input.captions} "
-        "--out {output} > {log} 2>&1"
+        visfeat("text --preset {params.preset} --weights {input.weights} --captions {input.captions} --out {output}")

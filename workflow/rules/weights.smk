@@ -4,8 +4,7 @@ rule fetch_weights:
     output:
         f"{RES}/weights/{{preset}}/{{filename}}",
     params:
-        url=weights_url_arg,
-        visfeat=VISFEAT,
+        url=lambda wc: ARGS.weights_url(wc.preset, wc.filename),
     log:
         "logs/fetch_weights/{preset}/{filename}.log",
     localrule: True
@@ -13,4 +12,4 @@ rule fetch_weights:
     conda:
         "../../envs/cpu.yaml"
     shell:
-        "{params.visfeat} fetch-weights --preset {wildcards.preset} {params.url} --dest {output} > {log} 2>&1 || (tail -n 3 {log} >&2; exit 1)"
+        visfeat("fetch-weights --preset {wildcards.preset} {params.url} --dest {output}")

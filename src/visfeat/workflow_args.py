@@ -1,0 +1,165 @@
+"""The arguments each workflow rule gives its `visfeat` subcommand, read from the validated config and the dataset
+registry. Plain Python rather than Snakefile code, so workflow/rules/common.smk keeps only input functions and
+targets, and the printed commands (`snakemake -n -p`) stay complete: each one can be run by hand."""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import urllib.parse
+from typing import Any
+
+from .config import preset_options, published_entry
+
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.xz")
+
+Options = list[tuple[str, Any]]
+
+
+def render(options: Options) -> str:
+    """`--flag value` pairs as one shell-quoted string, in order: None or False omitted, True a bare flag."""
+    out = []
+    for flag, value in options:
+        if value is None or value is False:
+            continue
+        out.append(flag if value is True else f"{flag} {shlex.quote(str(value))}")
+    return " ".join(out)
+
+
+def _first(paths: str | list[str]) -> str | None:
+    """A rule's optional single-file input: Snakemake gives a string, or a (possibly empty) list."""
+    return paths if isinstance(paths, str) else next(iter(paths), None)
+
+
+def _file_name(url: str, fallback: str) -> str:
+    return os.path.basename(urllib.parse.urlparse(url).path) or fallback
+
+
+class WorkflowArgs:
+    """The validated config + registry, answering what each job is given. Paths are relative to the workflow
+    directory, as Snakemake's are."""
+
+    def __init__(self, config: dict, registry: dict):
+        self.config, self.registry = config, registry
+        self.results, self.resources = config["results"], config["resources"]
+        self.published = {**registry.get("published", {}), **config.get("published", {})}
+        # dataset/extractor -> the published entry standing for it (features entries with `source: published`)
+        self.published_pairs = {
+            f"{d}/{e}": published_entry(config, registry, d, e)[0]
+            for entry in config["features"]
+            if entry.get("source", "extract") == "published"
+            for d in entry["datasets"]
+            for e in entry["extractors"]
+        }
+
+    # datasets
+
+    def registry_entry(self, dataset: str) -> dict | None:
+        """The registry entry a dataset uses as its source, or None for the built-in sources."""
+        return self.registry["datasets"].get(self.config["datasets"][dataset]["source"])
+
+    def dataset_root(self, dataset: str) -> str:
+        d, reg = self.config["datasets"][dataset], self.registry_entry(dataset)
+        if reg is not None:
+            return d.get("path") or reg.get("local") or f"{self.resources}/archives"
+        if d["source"] in ("sample", "archive"):
+            return f"{self.resources}/datasets/{dataset}"
+        return d["path"]
+
+    def id_style(self, dataset: str) -> str:
+        reg = self.registry_entry(dataset) or {}
+        return self.config["datasets"][dataset].get("id_style") or reg.get("id_style") or "path"
+
+    def manifest(self, dataset: str) -> str:
+        """visfeat manifest: which source kind, the root, and how the split is chosen."""
+        d, reg = self.config["datasets"][dataset], self.registry_entry(dataset)
+        opts: Options = [("--root", self.dataset_root(dataset)), ("--id-style", self.id_style(dataset))]
+        if reg is None:
+            opts += [("--source", d["source"]), ("--list", d.get("list") if d["source"] == "list" else None)]
+        elif "local" in reg:
+            opts += [("--source", "folder"), ("--missing-message", reg["instructions"])]
+        elif "annotation" in reg:
+            opts += [("--source", "annotation"), ("--annotation", reg["annotation"]), ("--folder", reg["images"])]
+        elif "karpathy" in reg:
+            opts += [("--source", "karpathy"), ("--annotation", reg["karpathy"])]
+            opts += [("--split", s) for s in reg["splits"]]
+            opts += [("--folder", f"{k}={v}") for k, v in reg["filepaths"].items()]
+        else:
+            opts += [("--source", "folders")] + [("--folder", f) for f in reg["folders"]]
+        return render(opts)
+
+    # downloads: the three kinds share one form
+
+    def _download(self, kept_dir: str, url: str, sha256: str | None = None, size: int | None = None,
+                  fallback: str = "archive") -> Options:
+        """visfeat prepare --source archive: the URL, where the download is kept (resumable beside it), checks."""
+        kept = f"{self.resources}/downloads/{kept_dir}/{_file_name(url, fallback)}"
+        return [("--url", url), ("--archive", kept), ("--sha256", sha256 or None), ("--size", size or None)]
+
+    def prepare(self, dataset: str) -> str:
+        """A `sample` or `archive` dataset (config `datasets`)."""
+        d = self.config["datasets"][dataset]
+        if d["source"] == "sample":
+            return render([("--source", "sample")])
+        return render([("--source", "archive"), *self._download(dataset, d["url"], d["sha256"])])
+
+    def download_archive(self, archive: str) -> str:
+        """A registry archive (config/datasets.yaml `archives`)."""
+        a = self.registry["archives"][archive]
+        return render(self._download(archive, a["url"], a.get("sha256"), a.get("size")))
+
+    def download_published(self, published: str) -> str:
+        """A published feature file; one that is no archive is placed as it is."""
+        p = self.published[published]
+        plain = not _file_name(p["url"], "download").lower().endswith(ARCHIVE_SUFFIXES)
+        opts = self._download(f"published/{published}", p["url"], p.get("sha256"), p.get("size"), "download")
+        return render([*opts, ("--plain", plain)])
+
+    def import_published(self, pair: str) -> str:
+        dataset, extractor = pair.split("/", 1)
+        p = self.published[self.published_pairs[pair]]
+        return render([("--format", p["format"]), ("--preset", self.config["extractors"][extractor]["preset"]),
+                       ("--url", p["url"]), ("--id-style", self.id_style(dataset)), ("--member", p.get("member"))])
+
+    # extraction
+
+    def weights_url(self, preset: str, filename: str) -> str:
+        """--url for a site mirror serving {mirror}/{preset}/{file}; nothing = the official URL."""
+        mirror = self.config.get("weights_mirror")
+        return render([("--url", f"{mirror.rstrip('/')}/{preset}/{filename}" if mirror else None)])
+
+    def extract(self, extractor: str, weights: str | list[str], boxes: str | list[str]) -> str:
+        """visfeat extract: the instance's preset and options; `weights`, `boxes`: the rule's inputs."""
+        inst = self.config["extractors"][extractor]
+        opts: Options = [("--preset", inst["preset"]), ("--name", extractor), ("--weights", _first(weights)),
+                         ("--batch-size", inst["batch_size"]), ("--workers", inst["workers"]),
+                         ("--dtype", inst["dtype"]), ("--compression", inst["compression"]),
+                         ("--boxes", _first(boxes)), ("--amp", inst["amp"]),
+                         ("--device", None if inst["device"] == "auto" else inst["device"])]
+        opts += [("--set", f"{k}={json.dumps(v)}") for k, v in preset_options(inst).items()]
+        return render(opts)
+
+    # k-means and reports
+
+    def kmeans_train(self, kmeans: str) -> str:
+        km = self.config["kmeans"][kmeans]
+        return render([("--name", kmeans), ("--field", km["field"]), ("--k", km["k"]), ("--niter", km["niter"]),
+                       ("--seed", km["seed"]), ("--gpu", km["gpu"]),
+                       ("--max-train-vectors", km.get("max_train_vectors") or None)])
+
+    def report_features(self, dataset: str, extractor: str) -> str:
+        """Figures of one store; the extraction logs give the throughput per shard."""
+        shards = self.config["datasets"][dataset]["shards"]
+        logs = [f"logs/extract/{dataset}/{extractor}/{i}.log" for i in range(shards)]
+        return render([("--root", self.dataset_root(dataset)),
+                       ("--out-dir", f"{self.results}/report/{dataset}/{extractor}"),
+                       ("--weights-root", f"{self.resources}/weights"), *[("--log", p) for p in logs]])
+
+    def report_kmeans(self, kmeans: str) -> str:
+        """Figures of one k-means job; the codes of its first `assign` dataset, when it has one."""
+        km = self.config["kmeans"][kmeans]
+        opts: Options = [("--out-dir", f"{self.results}/report/kmeans/{kmeans}")]
+        if km["assign"]:
+            d = km["assign"][0]
+            opts += [("--store", f"{self.results}/kmeans/{kmeans}/{d}.h5"), ("--root", self.dataset_root(d))]
+        return render(opts)
