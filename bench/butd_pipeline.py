@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 import visfeat
+from visfeat.detection.build import detector_spec
 from visfeat.detection.model import C4Detector
 from visfeat.extract import folder_items, run_extraction
-from visfeat.extractors.detector import detector_spec
 from visfeat.extractors.registry import resolve_options
 from visfeat.images import load_image
 from visfeat.sample import install_sample

@@ -21,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from visfeat.detection.build import detector_spec
 from visfeat.detection.model import C4Detector, FPNDetector
-from visfeat.extractors.detector import RegionExtractor, detector_spec
+from visfeat.extractors.detector import RegionExtractor
 from visfeat.extractors.grid8 import Grid8Extractor
 from visfeat.extractors.registry import resolve_options
 from visfeat.images import load_image

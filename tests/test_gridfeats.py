@@ -74,7 +74,7 @@ def test_ragged_grid_store_and_kmeans_codes(tiny_r50, sample_dir, tmp_path):
         r = s[image_id]
         h, w = r["grid_hw"]
         ih, iw = r["image_hw"]
-        from visfeat.extractors.detector import resized_hw
+        from visfeat.detection.preprocess import resized_hw
 
         nh, nw = resized_hw(int(ih), int(iw), 600, 1000)
         assert (h, w) == (-(-nh // 32), -(-nw // 32)) and r["grid"].shape == (h, w, 256)  # rows shaped by grid_hw

@@ -36,12 +36,12 @@ def _image(root: str | None, store: FeatureStore, i: int):
 
 def _words(store: FeatureStore, weights_root: str):
     """The preset's vocabularies, saying on stdout (the rule's log) where the labels come from."""
-    from .vocab import PRESET_LABELMAPS, words_for
+    from .vocab import labelmap_path, words_for
 
     preset = str(store.attrs.get("preset", ""))
     words = words_for(preset, weights_root)
-    if preset in PRESET_LABELMAPS:
-        path = Path(weights_root) / preset / PRESET_LABELMAPS[preset]
+    path = labelmap_path(preset, weights_root)
+    if path is not None:
         print(f"[visfeat] labels: words from {path}" if words else f"[visfeat] labels: ids ({path} is not there)")
     return words
 

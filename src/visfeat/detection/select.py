@@ -5,12 +5,15 @@ Inputs (input-image pixels): `proposals` (P, 4) RPN boxes; `probs` (P, K) foregr
 image. Output `Selection`: `keep` indices into the proposals (their features are the region features), the
 `boxes` to save, and `obj_id` / `obj_conf`.
 
+Each strategy is registered with the preset options it reads (`Strategy.options`, passed under their own names)
+and what it needs of the image (`Strategy.image`: `orig_hw`, `short`/`max_size` of the input size, `scale`).
+
 - `maxnms`: py-bottom-up-attention demo/detectron2_mscoco_proposal_maxnms.py (LXMERT's 36 boxes): per proposal
-  its best class and that class's regressed box, class-agnostic NMS whose threshold rises over
-  `thresholds` until at least `min_boxes` survive, the first `max_boxes` kept. Saved boxes are regressed.
+  its best class and that class's regressed box, class-agnostic NMS whose threshold rises from `nms_start` by
+  0.1 until at least `min_boxes` survive, the first `max_boxes` kept. Saved boxes are regressed.
 - `perclass`: bottom-up-attention's generate_tsv.py as MILVLG/bottom-up-attention.pytorch keeps it (10-100,
   utils/extract_utils.py save_roi_features): the proposals are scaled to the original image by its `im_scale`
-  (one factor, get_image_blob's rule), NMS per class with maskrcnn-benchmark's "+1" box areas and `>=`
+  (one factor, get_image_blob's rule: `preprocess.caffe_scale`), NMS per class with maskrcnn-benchmark's "+1" box areas and `>=`
   suppression gives each proposal the best score with which it survives, `max_conf`; keep
   `max_conf >= conf_thresh`, clamped to [min_boxes, max_boxes] by max_conf. Saved boxes are those scaled
   proposals (no regression, no clipping).
@@ -29,12 +32,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from typing import Callable
 
 import numpy as np
 import torch
 from torchvision.ops import nms
 
 from .boxes import nms_plus_one as boxes_nms_plus_one
+from .preprocess import caffe_scale
 
 
 @dataclass
@@ -47,18 +52,28 @@ class Selection:
     num_boxes: int | None = None  # MMF VMB's count of kept boxes with a nonzero score (None: all kept)
 
 
-def milvlg_scale(orig_hw: tuple[int, int], short: int, max_size: int) -> float:
-    """MILVLG utils/extract_utils.py get_image_blob: im_scale from the original size (np.round on the long side)."""
-    lo, hi = min(orig_hw), max(orig_hw)
-    scale = float(short) / float(lo)
-    if np.round(scale * hi) > max_size:
-        scale = float(max_size) / float(hi)
-    return scale
+@dataclass(frozen=True)
+class Strategy:
+    fn: Callable[..., Selection]
+    options: tuple[str, ...]  # preset options it reads, passed as keywords of the same names
+    image: tuple[str, ...] = ()  # per-image inputs: "orig_hw", "short", "max_size", "scale"
 
 
+STRATEGIES: dict[str, Strategy] = {}
+
+
+def strategy(name: str, options: tuple[str, ...], image: tuple[str, ...] = ()):
+    """Register the decorated function as box selection `name`, reading these options and image inputs."""
+    def add(fn: Callable[..., Selection]) -> Callable[..., Selection]:
+        STRATEGIES[name] = Strategy(fn, options, image)
+        return fn
+    return add
+
+
+@strategy("maxnms", ("min_boxes", "max_boxes", "nms_start"))
 def maxnms(proposals, probs, class_boxes, *, min_boxes: int = 36, max_boxes: int = 36,
-           thresholds=tuple(np.arange(0.3, 1.0, 0.1))) -> Selection:
-    # np.arange(0.3, 1.0, 0.1) as in the original (0.6000000000000001 etc. included)
+           nms_start: float = 0.3) -> Selection:
+    thresholds = np.arange(float(nms_start), 1.0, 0.1)  # as in the original (0.6000000000000001 etc. included)
     conf, cls = probs.max(1)
     boxes = class_boxes[torch.arange(len(cls), device=cls.device), cls]
     keep = torch.zeros(0, dtype=torch.int64, device=cls.device)
@@ -69,10 +84,11 @@ def maxnms(proposals, probs, class_boxes, *, min_boxes: int = 36, max_boxes: int
     return Selection(keep, boxes[keep], cls[keep], conf[keep])
 
 
+@strategy("perclass", ("min_boxes", "max_boxes", "conf_thresh", "nms_thresh"), ("orig_hw", "short", "max_size"))
 def perclass(proposals, probs, class_boxes, *, orig_hw: tuple[int, int], short: int, max_size: int,
              min_boxes: int = 10, max_boxes: int = 100, conf_thresh: float = 0.2, nms_thresh: float = 0.3
              ) -> Selection:
-    dets = proposals.float() / milvlg_scale(orig_hw, short, max_size)
+    dets = proposals.float() / caffe_scale(*orig_hw, short, max_size)  # MILVLG get_image_blob's im_scale
     # What decides the selection: max_conf >= conf_thresh, or the min_boxes best when fewer pass.
     floor = min(conf_thresh, _kth_lower_bound(probs, min_boxes))
     survived = nms_survivors(dets, probs, partial(boxes_nms_plus_one, thresh=nms_thresh, suppress_equal=True),
@@ -87,12 +103,7 @@ def perclass(proposals, probs, class_boxes, *, orig_hw: tuple[int, int], short: 
     return Selection(keep, dets[keep], cls, conf, original=True)
 
 
-def topk(proposals, probs, class_boxes, *, max_boxes: int = 100) -> Selection:
-    conf, cls = probs.max(1)
-    keep = torch.argsort(conf, descending=True, stable=True)[:max_boxes]
-    return Selection(keep, proposals[keep], cls[keep], conf[keep])
-
-
+@strategy("nms_filter", ("min_boxes", "max_boxes", "conf_thresh", "nms_thresh"))
 def nms_filter(proposals, probs, class_boxes, *, min_boxes: int = 10, max_boxes: int = 100,
                conf_thresh: float = 0.2, nms_thresh: float = 0.3) -> Selection:
     # What decides the selection: best >= conf_thresh, or the min_boxes best when fewer pass.
@@ -108,6 +119,7 @@ def nms_filter(proposals, probs, class_boxes, *, min_boxes: int = 10, max_boxes:
     return Selection(keep, class_boxes[keep, cls[order]], cls[order], best[order])
 
 
+@strategy("vmb", ("max_boxes", "conf_thresh", "nms_thresh"), ("scale",))
 def vmb(proposals, probs, class_boxes, *, scale: float, max_boxes: int = 100, conf_thresh: float = 0.0,
         nms_thresh: float = 0.5) -> Selection:
     dets = proposals.float() / scale
@@ -118,6 +130,13 @@ def vmb(proposals, probs, class_boxes, *, scale: float, max_boxes: int = 100, co
     order = torch.argsort(max_conf, descending=True, stable=True)[:max_boxes]
     conf, cls = probs[order].max(1)
     return Selection(order, dets[order], cls, conf, original=True, num_boxes=int((max_conf[order] != 0).sum()))
+
+
+@strategy("topk", ("max_boxes",))
+def topk(proposals, probs, class_boxes, *, max_boxes: int = 100) -> Selection:
+    conf, cls = probs.max(1)
+    keep = torch.argsort(conf, descending=True, stable=True)[:max_boxes]
+    return Selection(keep, proposals[keep], cls[keep], conf[keep])
 
 
 def nms_survivors(boxes: torch.Tensor, probs: torch.Tensor, nms_fn, floor: float = 0.0) -> torch.Tensor:
@@ -162,12 +181,9 @@ def _plain_nms(boxes: torch.Tensor, scores: torch.Tensor, thresh: float) -> torc
     return nms(boxes, scores.float(), thresh)
 
 
-STRATEGIES = {"maxnms": maxnms, "perclass": perclass, "nms_filter": nms_filter, "vmb": vmb, "topk": topk}
-
-
 def select(name: str, proposals, probs, class_boxes, **kwargs) -> Selection:
     try:
-        fn = STRATEGIES[name]
+        fn = STRATEGIES[name].fn
     except KeyError:
         raise ValueError(f"unknown box selection {name!r}; known: {', '.join(STRATEGIES)} (or given boxes)") from None
     return fn(proposals, probs, class_boxes, **kwargs)

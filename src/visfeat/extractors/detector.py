@@ -9,12 +9,9 @@ the selection says, in original pixels (detectron2: scaled, clipped, empty dropp
 BoxList.resize, scale only). With given boxes (forced mode) the given boxes are pooled and no selection runs.
 VinVL's attributes come from a second res5 pass over the final boxes (`DetectorSpec.attr_head`).
 
-Preprocessing (DataLoader workers), by option `preprocess`:
-- `detectron2` (butd): ResizeShortestEdge with PIL bilinear on the uint8 image, BGR, minus the mean.
-- `maskrcnn` (VinVL): maskrcnn-benchmark Resize.get_size, PIL bilinear, ToTensor x255 BGR, minus the mean.
-- `caffe_float` (VMB): float BGR minus the mean, OpenCV-bilinear resize by one factor (numpy reimplementation).
-A batch is zero-padded to its largest image; each image's canvas is its own size rounded up to
-`size_divisibility` (the originals pad a lone image to 32). Padding never changes an image's result: the
+Preprocessing (option `preprocess`: detectron2, maskrcnn, caffe_float) is `detection.preprocess`'s, the model
+`detection.build`'s. A batch is zero-padded to its largest image; each image's canvas is its own size rounded up
+to `size_divisibility` (the originals pad a lone image to 32). Padding never changes an image's result: the
 backbone zeroes activations outside each canvas, the RPN uses only anchors inside it, and RoIs are pooled from
 each image's own crop of the maps (`detection.heads.per_image`), so an image gives the same regions alone or in
 any batch. Batching by aspect ratio keeps the wasted compute small.
@@ -25,164 +22,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..detection import select as selection
 from ..detection.boxes import clip, nonempty
-from ..detection.checkpoint import (from_maskrcnn_benchmark, infer_spec, is_maskrcnn_benchmark, load_into,
-                                    read_state_dict)
-from ..detection.model import C4Detector, DetectorSpec, FPNDetector
-from ..detection.resnet import ResNetSpec
-from ..detection.rpn import RPNSpec
+from ..detection.build import detector_from_file
+from ..detection.model import C4Detector, FPNDetector
+from ..detection.preprocess import (PREPROCESS, SIZES, CaffeFloatPreprocessor, DetectorPreprocessor,
+                                    LegacyPreprocessor, caffe_scale, ceil_to, pad_batch)
 from .base import Extractor, FieldSpec
-
-# Named input sizes (shortest edge / longest edge cap).
-SIZES = {
-    "600/1000": (600, 1000),  # LXMERT: demo/detectron2_mscoco_proposal_maxnms.py INPUT.MIN/MAX_SIZE_TEST
-    "800/1333": (800, 1333),  # detectron2 config/defaults.py (iglue, the fork's attribute notebooks)
-}
-
-
-def resized_hw(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
-    """detectron2 ResizeShortestEdge.get_transform (data/transforms/transform_gen.py), float for float."""
-    scale = short * 1.0 / min(h, w)
-    if h < w:
-        newh, neww = short, scale * w
-    else:
-        newh, neww = scale * h, short
-    if max(newh, neww) > max_size:
-        scale = max_size * 1.0 / max(newh, neww)
-        newh, neww = newh * scale, neww * scale
-    return int(newh + 0.5), int(neww + 0.5)
-
-
-class DetectorPreprocessor:
-    """RGB PIL image -> {"image": (3, h, w) float32 normalised, "input_hw", "orig_hw"}. Picklable."""
-
-    def __init__(self, short: int, max_size: int, mean: tuple[float, float, float], std: tuple[float, float, float],
-                 bgr: bool):
-        self.short, self.max_size, self.bgr = short, max_size, bgr
-        self.mean = np.asarray(mean, np.float32)
-        self.std = np.asarray(std, np.float32)
-
-    def __call__(self, image: Image.Image) -> dict[str, Any]:
-        w, h = image.size
-        nh, nw = resized_hw(h, w, self.short, self.max_size)
-        # detectron2 ResizeTransform.apply_image: PIL resize of the uint8 image, BILINEAR
-        arr = np.asarray(image.resize((nw, nh), Image.BILINEAR), dtype=np.float32)
-        if self.bgr:
-            arr = arr[:, :, ::-1]
-        arr = (arr - self.mean) / self.std
-        return {"image": torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))),
-                "input_hw": torch.tensor([nh, nw]), "orig_hw": torch.tensor([h, w])}
-
-
-def legacy_resized_hw(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
-    """maskrcnn-benchmark data/transforms/transforms.py Resize.get_size (scene_graph_benchmark, VinVL):
-    the short side capped by round(max * short / long), the other side truncated."""
-    size = short
-    lo, hi = float(min(w, h)), float(max(w, h))
-    if hi / lo * size > max_size:
-        size = int(round(max_size * lo / hi))
-    if (w <= h and w == size) or (h <= w and h == size):
-        return h, w
-    if w < h:
-        return int(size * h / w), size
-    return size, int(size * w / h)
-
-
-def caffe_scale(h: int, w: int, short: int, max_size: int) -> float:
-    """The one factor of MMF extract_features_vmb.py _image_transform (and X-LXMERT's, Caffe's get_image_blob)."""
-    scale = short / min(h, w)
-    if np.round(scale * max(h, w)) > max_size:
-        scale = max_size / max(h, w)
-    return scale
-
-
-def _linear_taps(n_out: int, n_in: int, scale: float):
-    """OpenCV INTER_LINEAR source taps for one axis (imgproc/src/resize.cpp): src = (dst + 0.5) * scale - 0.5,
-    clamped to the edges, no antialiasing."""
-    f = ((np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
-    i0 = np.floor(f).astype(np.int64)
-    wgt = f - i0
-    wgt[i0 < 0] = 0
-    i0 = np.clip(i0, 0, n_in - 1)
-    wgt[i0 >= n_in - 1] = 0
-    return i0, np.minimum(i0 + 1, n_in - 1), wgt.astype(np.float32)
-
-
-def cv2_linear_resize(arr: np.ndarray, out_hw: tuple[int, int], scale_xy: tuple[float, float]) -> np.ndarray:
-    """cv2.resize(INTER_LINEAR) of a float32 (H, W, C) image, done in numpy (OpenCV is not a dependency):
-    `scale_xy` is OpenCV's source step per output pixel (1 / fx, or in/out sizes when dsize is given)."""
-    h, w = arr.shape[:2]
-    x0, x1, wx = _linear_taps(out_hw[1], w, scale_xy[0])
-    y0, y1, wy = _linear_taps(out_hw[0], h, scale_xy[1])
-    rows = arr[:, x0] * (1 - wx)[None, :, None] + arr[:, x1] * wx[None, :, None]
-    return rows[y0] * (1 - wy)[:, None, None] + rows[y1] * wy[:, None, None]
-
-
-class CaffeFloatPreprocessor:
-    """MMF extract_features_vmb.py / X-LXMERT coco_extract_grid_feature.py input: the RGB image as float32,
-    to BGR, minus the Caffe mean, then OpenCV bilinear resize of the float image. `mode` "scale": by one factor
-    (sides rounded as OpenCV does); "floor32": X-LXMERT grid8, int(scale * side) floored to a multiple of 32 per
-    side. Returns {"image", "input_hw", "orig_hw", "scale"}; the canvas is padded to 32 by the collate."""
-
-    def __init__(self, short: int, max_size: int, mean: tuple[float, float, float], mode: str = "scale"):
-        self.short, self.max_size, self.mode = short, max_size, mode
-        self.mean = np.asarray(mean, np.float64)
-
-    def __call__(self, image: Image.Image) -> dict[str, Any]:
-        im = np.asarray(image, dtype=np.float32)[:, :, ::-1].copy()
-        im -= self.mean  # float32 in place, as `im -= np.array([...])` in the scripts
-        h, w = im.shape[:2]
-        scale = caffe_scale(h, w, self.short, self.max_size)
-        if self.mode == "floor32":
-            nw, nh = int(scale * w), int(scale * h)
-            nw, nh = max(32, nw - nw % 32), max(32, nh - nh % 32)
-            out = cv2_linear_resize(im, (nh, nw), (w / nw, h / nh))
-        else:
-            nw, nh = int(np.rint(w * scale)), int(np.rint(h * scale))  # OpenCV saturate_cast rounds
-            out = cv2_linear_resize(im, (nh, nw), (1.0 / scale, 1.0 / scale))
-        return {"image": torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32)),
-                "input_hw": torch.tensor([nh, nw]), "orig_hw": torch.tensor([h, w]),
-                "scale": torch.tensor(scale, dtype=torch.float64)}
-
-
-class LegacyPreprocessor:
-    """scene_graph_benchmark (VinVL) build_transforms at test: Resize.get_size, PIL bilinear resize of the RGB
-    image (torchvision F.resize), ToTensor (/255), TO_BGR255 (x255, BGR), minus mean, divided by std."""
-
-    def __init__(self, short: int, max_size: int, mean: tuple[float, float, float], std: tuple[float, float, float]):
-        self.short, self.max_size = short, max_size
-        self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
-        self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
-
-    def __call__(self, image: Image.Image) -> dict[str, Any]:
-        w, h = image.size
-        nh, nw = legacy_resized_hw(h, w, self.short, self.max_size)
-        arr = np.asarray(image.resize((nw, nh), Image.BILINEAR), dtype=np.uint8)
-        t = torch.from_numpy(arr.transpose(2, 0, 1).copy()).float().div(255)[[2, 1, 0]] * 255
-        t = (t - self.mean) / self.std
-        return {"image": t.contiguous(), "input_hw": torch.tensor([nh, nw]), "orig_hw": torch.tensor([h, w])}
-
-
-def ceil_to(n: int, k: int) -> int:
-    return -(-n // k) * k if k > 0 else n
-
-
-def pad_batch(images: list[torch.Tensor], divisible: int = 0) -> torch.Tensor:
-    """Zero-pad to the largest H and W (rounded up to `divisible`), bottom and right (detectron2 ImageList)."""
-    h = max(t.shape[1] for t in images)
-    w = max(t.shape[2] for t in images)
-    if divisible > 0:
-        h, w = -(-h // divisible) * divisible, -(-w // divisible) * divisible
-    out = images[0].new_zeros((len(images), 3, h, w))
-    for i, t in enumerate(images):
-        out[i, :, : t.shape[1], : t.shape[2]] = t
-    return out
-
-
-PREPROCESS = ("detectron2", "maskrcnn", "caffe_float")
 
 
 class RegionExtractor(Extractor):
@@ -193,8 +40,7 @@ class RegionExtractor(Extractor):
         self.preset = preset
         self.config = dict(options)
         self.weights_sha256 = sha
-        self.device = torch.device(device)
-        self.amp = amp and self.device.type == "cuda"
+        self.place(device, amp)
         self.model = model.to(self.device).eval()
         size = options["size"]
         if size not in SIZES:
@@ -203,6 +49,7 @@ class RegionExtractor(Extractor):
         self.selection = options["selection"]
         if self.selection not in selection.STRATEGIES:
             raise ValueError(f"{preset}: selection {self.selection!r} unknown; known: {', '.join(selection.STRATEGIES)}")
+        self.strategy = selection.STRATEGIES[self.selection]
         self.style = options.get("preprocess", "detectron2")
         if self.style not in PREPROCESS:
             raise ValueError(f"{preset}: preprocess {self.style!r} unknown; known: {', '.join(PREPROCESS)}")
@@ -245,7 +92,7 @@ class RegionExtractor(Extractor):
         return out
 
     def set_given_boxes(self, boxes: dict[str, np.ndarray] | None) -> None:
-        """Forced-boxes mode: features for these boxes (original pixels, x1y1x2y2) per image id."""
+        """Forced-boxes mode: features for these boxes (original pixels, x1y1x2y2) per image id; None: selection."""
         from ..given_boxes import digest
 
         self.given_boxes = boxes
@@ -262,7 +109,7 @@ class RegionExtractor(Extractor):
         # each image's canvas: its own size padded as it would be alone (the originals pad to 32)
         canvas = [(ceil_to(h, div), ceil_to(w, div)) for h, w in in_hw]
         clip_hw = canvas if o.get("clip_to") == "canvas" else in_hw  # vqa-maskrcnn-benchmark clips to the canvas
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+        with self.autocast():
             feat = m.features(images, canvas)
             if self.given_boxes is not None:
                 boxes = [self._given(image_id, ih, oh) for image_id, ih, oh in zip(batch["image_id"], in_hw, orig_hw)]
@@ -293,23 +140,11 @@ class RegionExtractor(Extractor):
                 for i, (sel, rows) in enumerate(zip(sels, self._split(boxes)))]
 
     def _select_args(self, orig_hw: tuple[int, int], scale: float | None) -> dict[str, Any]:
-        o = self.config
-        if self.selection == "maxnms":
-            start = float(o["nms_start"])
-            return {"min_boxes": o["min_boxes"], "max_boxes": o["max_boxes"],
-                    "thresholds": tuple(np.arange(start, 1.0, 0.1))}
-        if self.selection == "perclass":
-            return {"min_boxes": o["min_boxes"], "max_boxes": o["max_boxes"], "conf_thresh": o["conf_thresh"],
-                    "nms_thresh": o["nms_thresh"], "orig_hw": orig_hw, "short": self.short, "max_size": self.max_size}
-        if self.selection == "nms_filter":
-            return {"min_boxes": o["min_boxes"], "max_boxes": o["max_boxes"], "conf_thresh": o["conf_thresh"],
-                    "nms_thresh": o["nms_thresh"]}
-        if self.selection == "vmb":
-            if scale is None:
-                scale = caffe_scale(*orig_hw, self.short, self.max_size)
-            return {"max_boxes": o["max_boxes"], "conf_thresh": o["conf_thresh"], "nms_thresh": o["nms_thresh"],
-                    "scale": scale}
-        return {"max_boxes": o["max_boxes"]}
+        """The strategy's declared options from the preset, and what it needs of this image."""
+        if scale is None and "scale" in self.strategy.image:  # the preprocessor gave none: the same rule's factor
+            scale = caffe_scale(*orig_hw, self.short, self.max_size)
+        image = {"orig_hw": orig_hw, "short": self.short, "max_size": self.max_size, "scale": scale}
+        return {**{k: self.config[k] for k in self.strategy.options}, **{k: image[k] for k in self.strategy.image}}
 
     def _vinvl_attributes(self, feat, sels, canvas) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """scene_graph_benchmark AttributePostProcessor: softmax over A+1, column 0 zeroed, scores <= threshold
@@ -318,7 +153,7 @@ class RegionExtractor(Extractor):
         labels = torch.cat([s.obj_id + 1 for s in sels])
         if len(labels) == 0:
             return [(torch.zeros(0, int(o["attr_per_box"])),) * 2 for _ in sels]
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+        with self.autocast():
             logits = self.model.attributes(feat, [s.boxes for s in sels], labels, canvas)
         p = logits.float().softmax(-1)
         p[:, 0] = 0.0
@@ -385,55 +220,13 @@ class RegionExtractor(Extractor):
         return res
 
 
-def detector_spec(options: dict[str, Any]) -> DetectorSpec:
-    """The architecture the preset names (sizes are then read from the checkpoint by `infer_spec`)."""
-    o = options
-    legacy = bool(o.get("legacy", False))
-    fpn = bool(o.get("fpn", False))
-    return DetectorSpec(
-        resnet=ResNetSpec(depth=o["depth"], stride_in_1x1=o["stride_in_1x1"], caffe_maxpool=o["caffe_maxpool"],
-                          res5_dilation=o["res5_dilation"], num_groups=o.get("num_groups", 1),
-                          width_per_group=o.get("width_per_group", 64), bn_eps=None if legacy else 1e-5),
-        rpn=RPNSpec(sizes=tuple(o["anchor_sizes"]), ratios=tuple(o["anchor_ratios"]),
-                    pre_nms_topk=o["rpn_pre_nms_topk"], post_nms_topk=o["rpn_post_nms_topk"],
-                    nms_thresh=o["rpn_nms_thresh"], legacy=legacy, nms_plus_one=bool(o.get("nms_plus_one", False)),
-                    fpn_strides=tuple(o.get("anchor_strides", ())) if fpn else (),
-                    fpn_post_nms_topk=o.get("rpn_fpn_post_nms_topk", 1000)),
-        pooler=o["pooler"], pooler_resolution=o["pooler_resolution"], sampling_ratio=o.get("sampling_ratio", 0),
-        num_classes=o["num_classes"], num_attrs=o.get("num_attrs", 0), bg_last=o.get("bg_last", True),
-        legacy=legacy, attr_head=o.get("attr_head", "butd"), fpn=fpn)
-
-
-def with_config_yaml(options: dict[str, Any]) -> dict[str, Any]:
-    """Option `config_yaml`: the checkpoint's maskrcnn-benchmark yaml, read for the values that matter."""
-    if not options.get("config_yaml"):
-        return options
-    from ..detection.mrcnn_yaml import options_from_yaml
-
-    return {**options, **options_from_yaml(options["config_yaml"], options)}
-
-
-def load_detector(state: dict[str, torch.Tensor], options: dict[str, Any], path) -> C4Detector | FPNDetector:
-    """Model of the preset's architecture with the file's sizes, weights loaded strictly (either layout)."""
-    base = detector_spec(options)
-    anchors: list[torch.Tensor] = []
-    if is_maskrcnn_benchmark(state):
-        state, anchors = from_maskrcnn_benchmark(state, fpn=base.fpn, path=path)
-    spec = infer_spec(state, base)
-    model = FPNDetector(spec) if spec.fpn else C4Detector(spec)
-    load_into(model, state, path, anchors)
-    return model
-
-
 def build_extractor(cls, preset, weights: str | None, device, amp: bool, options: dict[str, Any]):
     """`cls(preset name, model, options, device, amp, weights sha256)` on the preset's weights file (region and
     grid8 extractors share the model)."""
     from ..weights import resolve_weights
 
     path, sha = resolve_weights(preset, weights)
-    options = with_config_yaml(options)
-    model = load_detector(read_state_dict(path), options, path)
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model, options = detector_from_file(path, options)
     return cls(preset.name, model, options, device, amp, sha)
 
 

@@ -51,8 +51,7 @@ class EffnetLite0(Extractor):
         self.preset = "effnet-lite0"
         self.config = dict(options)
         self.weights_sha256 = sha
-        self.device = torch.device(device)
-        self.amp = amp and self.device.type == "cuda"
+        self.place(device, amp)
         self.model = model.to(self.device)
         size, resize = int(options["image_size"]), int(options["resize_size"])
         self.grid_hw = size // 32
@@ -73,7 +72,7 @@ class EffnetLite0(Extractor):
     @torch.inference_mode()
     def forward(self, batch: dict[str, Any]) -> list[dict[str, np.ndarray]]:
         x = batch["image"].to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+        with self.autocast():
             grid = self.model.forward_features(x)  # (N, 1280, 7, 7) after conv_head + bn + ReLU6
             glob = grid.mean((2, 3))
             logits = self.model.classifier(glob)
@@ -86,5 +85,4 @@ def build(preset, weights: str | None, device, amp: bool, options: dict[str, Any
     from ..weights import sha256_of
 
     path = weights or packaged_weights()
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return EffnetLite0(load_lite0(path), options, device, amp, sha256_of(path))

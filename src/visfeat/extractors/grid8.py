@@ -18,8 +18,9 @@ import numpy as np
 import torch
 
 from ..detection.model import FPNDetector
+from ..detection.preprocess import SIZES, CaffeFloatPreprocessor, pad_batch
 from .base import Extractor, FieldSpec
-from .detector import SIZES, CaffeFloatPreprocessor, build_extractor, pad_batch
+from .detector import build_extractor
 
 
 def grid_boxes(h: int, w: int, n: int) -> np.ndarray:
@@ -34,8 +35,7 @@ class Grid8Extractor(Extractor):
 
     def __init__(self, preset: str, model: FPNDetector, options: dict[str, Any], device, amp: bool, sha: str | None):
         self.preset, self.config, self.weights_sha256 = preset, dict(options), sha
-        self.device = torch.device(device)
-        self.amp = amp and self.device.type == "cuda"
+        self.place(device, amp)
         self.model = model.to(self.device).eval()
         if options["size"] not in SIZES:
             raise ValueError(f"{preset}: size {options['size']!r} unknown; named sizes: {', '.join(SIZES)}")
@@ -57,7 +57,7 @@ class Grid8Extractor(Extractor):
         images = batch["image"].to(self.device, non_blocking=True)
         in_hw = [tuple(int(v) for v in hw) for hw in batch["input_hw"]]
         boxes = [torch.from_numpy(grid_boxes(h, w, self.n)).to(self.device) for h, w in in_hw]
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+        with self.autocast():
             fc6, _ = self.model.regions(self.model.features(images, in_hw), boxes, in_hw)
         fc6 = fc6.float().cpu().numpy().reshape(len(in_hw), self.n, self.n, -1)
         return [{"grid": g} for g in fc6]

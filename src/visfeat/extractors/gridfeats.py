@@ -22,10 +22,10 @@ import torch
 import torch.nn.functional as F
 
 from ..detection.checkpoint import read_state_dict
-from ..statedict import load_strict
+from ..detection.preprocess import SIZES, DetectorPreprocessor
 from ..detection.resnet import BLOCKS, ResNet, ResNetSpec
+from ..statedict import load_strict
 from .base import Extractor, FieldSpec
-from .detector import SIZES, DetectorPreprocessor
 
 
 def backbone_state(state: dict[str, torch.Tensor], path) -> dict[str, torch.Tensor]:
@@ -54,8 +54,7 @@ class GridFeatsExtractor(Extractor):
 
     def __init__(self, preset: str, backbone: ResNet, options: dict[str, Any], device, amp: bool, sha: str | None):
         self.preset, self.config, self.weights_sha256 = preset, dict(options), sha
-        self.device = torch.device(device)
-        self.amp = amp and self.device.type == "cuda"
+        self.place(device, amp)
         self.backbone = backbone.to(self.device).eval()
         if options["size"] not in SIZES:
             raise ValueError(f"{preset}: size {options['size']!r} unknown; named sizes: {', '.join(SIZES)}")
@@ -85,7 +84,7 @@ class GridFeatsExtractor(Extractor):
         maps: list[torch.Tensor | None] = [None] * len(images)
         for idx in groups.values():
             x = torch.stack([images[i] for i in idx]).to(self.device, non_blocking=True)
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            with self.autocast():
                 y = self.backbone(x)
             if self.pool:
                 y = F.adaptive_avg_pool2d(y.float(), self.pool)
@@ -110,5 +109,4 @@ def build(preset, weights: str | None, device, amp: bool, options: dict[str, Any
     base = ResNetSpec(stride_in_1x1=o["stride_in_1x1"], caffe_maxpool=False, res5_dilation=o["res5_dilation"])
     model = ResNet(infer_resnet(state, base, path), last=5)
     load_strict(model, state, path, "the ResNet backbone")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     return GridFeatsExtractor(preset.name, model, options, device, amp, sha)

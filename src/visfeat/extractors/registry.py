@@ -1,37 +1,17 @@
-"""Named presets: a small registry, importable without torch so config validation and `visfeat presets` are cheap.
+"""Preset look-up and loading, importable without torch so config validation and `visfeat presets` are cheap.
 
-Each preset names its builder as "module:function" (imported only when the extractor is built), its family
-(which conda env runs it), its default options, its weight files, and where it comes from.
+The presets themselves (`preset.Preset`) are registered by the catalog, imported on the first look-up; each names
+its builder as "module:function", imported only when the extractor is built.
 """
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass, field
 from typing import Any
 
-from ..weights import WeightFile
+from .preset import COMMON_OPTIONS, PRESETS, Preset
 
-# Options every preset accepts; they act on decoding, not on the model.
-COMMON_OPTIONS: dict[str, Any] = {
-    "exif": True,  # apply EXIF orientation (DESIGN.md: the stated exception to faithfulness); False = like PIL originals
-    "max_pixels": 178_956_970,  # refuse larger images (decompression bombs) with a recorded reason
-}
-
-
-@dataclass(frozen=True)
-class Preset:
-    name: str
-    family: str
-    builder: str
-    summary: str
-    fields: str
-    source: str
-    license: str
-    citation: str
-    options: dict[str, Any] = field(default_factory=dict)
-    weights: tuple[WeightFile, ...] = ()
-    weights_note: str = ""
-    check: str = ""  # "module:function" checking the resolved options, torch-free: bad config fails at start
+__all__ = ["COMMON_OPTIONS", "PRESETS", "Preset", "check_options", "get_preset", "load_extractor", "presets",
+           "resolve_options"]
 
 
 def check_options(name: str, options: dict[str, Any] | None = None) -> None:
@@ -40,16 +20,6 @@ def check_options(name: str, options: dict[str, Any] | None = None) -> None:
     if p.check:
         module, func = p.check.split(":")
         getattr(importlib.import_module(module), func)(resolve_options(name, options))
-
-
-PRESETS: dict[str, Preset] = {}
-
-
-def register(preset: Preset) -> Preset:
-    if preset.name in PRESETS:
-        raise ValueError(f"preset {preset.name!r} registered twice")
-    PRESETS[preset.name] = preset
-    return preset
 
 
 def get_preset(name: str) -> Preset:

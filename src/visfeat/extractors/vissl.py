@@ -34,7 +34,8 @@ variant: `--set head_params='[["mlp", {"dims": [2048, 2048], "use_relu": true}],
 Our deliberate differences, all errors instead of silent surprises: a pool map that VISSL would ignore (flags off),
 heads without head weights in the checkpoint (VISSL would run randomly initialised heads when
 EVAL_TRUNK_AND_HEAD is off), duplicate layer names (VISSL's dict keeps the last). EXIF: VISSL (PIL) ignores it;
-visfeat applies it by default (DESIGN.md) and `exif: false` matches VISSL.
+visfeat applies it by default (option `exif`, the one stated exception to faithfulness) and `exif: false` matches
+VISSL.
 
 Checkpoints: a torchvision state dict (`conv1.weight`, ..., `fc.*`), optionally under `state_dict` / with `module.`
 prefixes, or a VISSL one: {"classy_state_dict": {"base_model": {"model": {"trunk": {"_feature_blocks.<torchvision
@@ -275,8 +276,7 @@ class VisslExtractor(Extractor):
         self.preset = preset
         self.config = dict(options)
         self.weights_sha256 = sha
-        self.device = torch.device(device)
-        self.amp = amp and self.device.type == "cuda"
+        self.place(device, amp)
         self.plan = plan
         unknown = [layer for layer in plan.trunk_layers if layer not in trunk.layers]
         if unknown:
@@ -332,7 +332,7 @@ class VisslExtractor(Extractor):
     @torch.inference_mode()
     def forward(self, batch: dict[str, Any]) -> list[dict[str, np.ndarray]]:
         x = batch["image"].to(self.device, non_blocking=True)
-        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+        with self.autocast():
             out = self._run(x)
         arrs = {n: t.float().cpu().numpy() for n, t in out.items()}
         return [{n: a[i] for n, a in arrs.items()} for i in range(len(x))]
@@ -352,6 +352,5 @@ def build(preset, weights: str | None, device, amp: bool, options: dict[str, Any
             raise KeyError(f"{path}: this {layout} checkpoint has no head weights, and head_params asks for heads "
                            f"(a VISSL model-zoo checkpoint holds them under classy_state_dict.base_model.model.heads)")
         load_strict(heads, heads_sd, path, f"head_params {plan.head_params}")
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     with torch.no_grad():
         return VisslExtractor(trunk, heads, plan, preset.name, options, device, amp, sha)

@@ -1,5 +1,6 @@
 """Class and attribute vocabularies the region presets ship, so ids read as words (torch-free).
 
+Which files a preset reads is the preset's (`Preset.vocab`, `Preset.labelmap`); this module reads them.
 `vg_objects.txt` (1600) and `vg_attributes.txt` (400): Visual Genome 1600-400-20, from bottom-up-attention
 (py-bottom-up-attention demo/data/genome/1600-400-20/). Line k is id k (0-based, background excluded).
 VinVL's labelmap (`VG-SGG-dicts-vgoi6-clipped.json`: `idx_to_label` / `idx_to_attribute`, 1-based) and VMB's
@@ -14,9 +15,6 @@ from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
 
-_VG = ("vg_objects.txt", "vg_attributes.txt")
-PRESET_VOCABS = {"butd-r101-36": _VG, "butd-r101-10-100": _VG}  # preset -> (objects, attributes)
-
 
 @lru_cache(maxsize=None)
 def load(name: str) -> tuple[str, ...]:
@@ -24,11 +22,6 @@ def load(name: str) -> tuple[str, ...]:
 
 
 WEIGHTS_ROOT = "resources/weights"  # the workflow's default `resources:` + /weights; `--weights-root` elsewhere
-PRESET_LABELMAPS = {  # fetched beside the weights
-    "vinvl-x152c4": "VG-SGG-dicts-vgoi6-clipped.json",  # scene_graph_benchmark's labelmap
-    "vmb-x152": "visual_genome_categories.json",  # Pythia's, named in MMF extract_features_vmb.py
-    "vmb-x101": "visual_genome_categories.json",
-}
 
 
 def read_labelmap(path: str | Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -47,13 +40,27 @@ def read_labelmap(path: str | Path) -> tuple[tuple[str, ...], tuple[str, ...]]:
     return words("idx_to_label"), words("idx_to_attribute")
 
 
+def _preset(name: str):
+    """The preset of that name, or None (a store imported from elsewhere may name none of ours)."""
+    from ..extractors.registry import get_preset
+
+    try:
+        return get_preset(name)
+    except KeyError:
+        return None
+
+
+def labelmap_path(preset: str, weights_root: str | Path = WEIGHTS_ROOT) -> Path | None:
+    """Where a preset's labelmap is fetched to, or None when it has none."""
+    p = _preset(preset)
+    return Path(weights_root) / preset / p.labelmap if p is not None and p.labelmap else None
+
+
 def words_for(preset: str, weights_root: str | Path = WEIGHTS_ROOT
               ) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
     """(object words, attribute words) of a preset, or None when it has no vocabulary here."""
-    names = PRESET_VOCABS.get(preset)
-    if names is not None:
-        return load(names[0]), load(names[1])
-    if preset in PRESET_LABELMAPS:
-        path = Path(weights_root) / preset / PRESET_LABELMAPS[preset]
-        return read_labelmap(path) if path.exists() else None
-    return None
+    p = _preset(preset)
+    if p is not None and p.vocab is not None:
+        return load(p.vocab[0]), load(p.vocab[1])
+    path = labelmap_path(preset, weights_root)
+    return read_labelmap(path) if path is not None and path.exists() else None

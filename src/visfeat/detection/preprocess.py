@@ -1,0 +1,167 @@
+"""Detector input: named sizes, the originals' resize rules, the three preprocessors and batch padding.
+
+Preprocessing (DataLoader workers, CPU), by preset option `preprocess`:
+- `detectron2` (butd, grid-feats-vqa): ResizeShortestEdge with PIL bilinear on the uint8 image, BGR, minus the mean.
+- `maskrcnn` (VinVL): maskrcnn-benchmark Resize.get_size, PIL bilinear, ToTensor x255 BGR, minus the mean.
+- `caffe_float` (VMB, X-LXMERT): float BGR minus the mean, OpenCV-bilinear resize by one factor (numpy
+  reimplementation: OpenCV is not a dependency).
+A batch is zero-padded to its largest image (`pad_batch`); `ceil_to` gives each image's own canvas.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+# Named input sizes (shortest edge / longest edge cap).
+SIZES = {
+    "600/1000": (600, 1000),  # LXMERT: demo/detectron2_mscoco_proposal_maxnms.py INPUT.MIN/MAX_SIZE_TEST
+    "800/1333": (800, 1333),  # detectron2 config/defaults.py (iglue, the fork's attribute notebooks)
+}
+
+
+def resized_hw(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
+    """detectron2 ResizeShortestEdge.get_transform (data/transforms/transform_gen.py), float for float."""
+    scale = short * 1.0 / min(h, w)
+    if h < w:
+        newh, neww = short, scale * w
+    else:
+        newh, neww = scale * h, short
+    if max(newh, neww) > max_size:
+        scale = max_size * 1.0 / max(newh, neww)
+        newh, neww = newh * scale, neww * scale
+    return int(newh + 0.5), int(neww + 0.5)
+
+
+class DetectorPreprocessor:
+    """RGB PIL image -> {"image": (3, h, w) float32 normalised, "input_hw", "orig_hw"}. Picklable."""
+
+    def __init__(self, short: int, max_size: int, mean: tuple[float, float, float], std: tuple[float, float, float],
+                 bgr: bool):
+        self.short, self.max_size, self.bgr = short, max_size, bgr
+        self.mean = np.asarray(mean, np.float32)
+        self.std = np.asarray(std, np.float32)
+
+    def __call__(self, image: Image.Image) -> dict[str, Any]:
+        w, h = image.size
+        nh, nw = resized_hw(h, w, self.short, self.max_size)
+        # detectron2 ResizeTransform.apply_image: PIL resize of the uint8 image, BILINEAR
+        arr = np.asarray(image.resize((nw, nh), Image.BILINEAR), dtype=np.float32)
+        if self.bgr:
+            arr = arr[:, :, ::-1]
+        arr = (arr - self.mean) / self.std
+        return {"image": torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))),
+                "input_hw": torch.tensor([nh, nw]), "orig_hw": torch.tensor([h, w])}
+
+
+def legacy_resized_hw(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
+    """maskrcnn-benchmark data/transforms/transforms.py Resize.get_size (scene_graph_benchmark, VinVL):
+    the short side capped by round(max * short / long), the other side truncated."""
+    size = short
+    lo, hi = float(min(w, h)), float(max(w, h))
+    if hi / lo * size > max_size:
+        size = int(round(max_size * lo / hi))
+    if (w <= h and w == size) or (h <= w and h == size):
+        return h, w
+    if w < h:
+        return int(size * h / w), size
+    return size, int(size * w / h)
+
+
+def caffe_scale(h: int, w: int, short: int, max_size: int) -> float:
+    """The one resize factor of Caffe's get_image_blob, as MMF extract_features_vmb.py _image_transform,
+    X-LXMERT's scripts and MILVLG utils/extract_utils.py get_image_blob compute it: short / short side, unless
+    the long side would then round (np.round) past max_size."""
+    scale = short / min(h, w)
+    if np.round(scale * max(h, w)) > max_size:
+        scale = max_size / max(h, w)
+    return scale
+
+
+def _linear_taps(n_out: int, n_in: int, scale: float):
+    """OpenCV INTER_LINEAR source taps for one axis (imgproc/src/resize.cpp): src = (dst + 0.5) * scale - 0.5,
+    clamped to the edges, no antialiasing."""
+    f = ((np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
+    i0 = np.floor(f).astype(np.int64)
+    wgt = f - i0
+    wgt[i0 < 0] = 0
+    i0 = np.clip(i0, 0, n_in - 1)
+    wgt[i0 >= n_in - 1] = 0
+    return i0, np.minimum(i0 + 1, n_in - 1), wgt.astype(np.float32)
+
+
+def cv2_linear_resize(arr: np.ndarray, out_hw: tuple[int, int], scale_xy: tuple[float, float]) -> np.ndarray:
+    """cv2.resize(INTER_LINEAR) of a float32 (H, W, C) image, done in numpy (OpenCV is not a dependency):
+    `scale_xy` is OpenCV's source step per output pixel (1 / fx, or in/out sizes when dsize is given)."""
+    h, w = arr.shape[:2]
+    x0, x1, wx = _linear_taps(out_hw[1], w, scale_xy[0])
+    y0, y1, wy = _linear_taps(out_hw[0], h, scale_xy[1])
+    rows = arr[:, x0] * (1 - wx)[None, :, None] + arr[:, x1] * wx[None, :, None]
+    return rows[y0] * (1 - wy)[:, None, None] + rows[y1] * wy[:, None, None]
+
+
+class CaffeFloatPreprocessor:
+    """MMF extract_features_vmb.py / X-LXMERT coco_extract_grid_feature.py input: the RGB image as float32,
+    to BGR, minus the Caffe mean, then OpenCV bilinear resize of the float image. `mode` "scale": by one factor
+    (sides rounded as OpenCV does); "floor32": X-LXMERT grid8, int(scale * side) floored to a multiple of 32 per
+    side. Returns {"image", "input_hw", "orig_hw", "scale"}; the canvas is padded to 32 by the collate."""
+
+    def __init__(self, short: int, max_size: int, mean: tuple[float, float, float], mode: str = "scale"):
+        self.short, self.max_size, self.mode = short, max_size, mode
+        self.mean = np.asarray(mean, np.float64)
+
+    def __call__(self, image: Image.Image) -> dict[str, Any]:
+        im = np.asarray(image, dtype=np.float32)[:, :, ::-1].copy()
+        im -= self.mean  # float32 in place, as `im -= np.array([...])` in the scripts
+        h, w = im.shape[:2]
+        scale = caffe_scale(h, w, self.short, self.max_size)
+        if self.mode == "floor32":
+            nw, nh = int(scale * w), int(scale * h)
+            nw, nh = max(32, nw - nw % 32), max(32, nh - nh % 32)
+            out = cv2_linear_resize(im, (nh, nw), (w / nw, h / nh))
+        else:
+            nw, nh = int(np.rint(w * scale)), int(np.rint(h * scale))  # OpenCV saturate_cast rounds
+            out = cv2_linear_resize(im, (nh, nw), (1.0 / scale, 1.0 / scale))
+        return {"image": torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32)),
+                "input_hw": torch.tensor([nh, nw]), "orig_hw": torch.tensor([h, w]),
+                "scale": torch.tensor(scale, dtype=torch.float64)}
+
+
+class LegacyPreprocessor:
+    """scene_graph_benchmark (VinVL) build_transforms at test: Resize.get_size, PIL bilinear resize of the RGB
+    image (torchvision F.resize), ToTensor (/255), TO_BGR255 (x255, BGR), minus mean, divided by std."""
+
+    def __init__(self, short: int, max_size: int, mean: tuple[float, float, float], std: tuple[float, float, float]):
+        self.short, self.max_size = short, max_size
+        self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+        self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
+
+    def __call__(self, image: Image.Image) -> dict[str, Any]:
+        w, h = image.size
+        nh, nw = legacy_resized_hw(h, w, self.short, self.max_size)
+        arr = np.asarray(image.resize((nw, nh), Image.BILINEAR), dtype=np.uint8)
+        t = torch.from_numpy(arr.transpose(2, 0, 1).copy()).float().div(255)[[2, 1, 0]] * 255
+        t = (t - self.mean) / self.std
+        return {"image": t.contiguous(), "input_hw": torch.tensor([nh, nw]), "orig_hw": torch.tensor([h, w])}
+
+
+def ceil_to(n: int, k: int) -> int:
+    """n rounded up to a multiple of k (k <= 0: n)."""
+    return -(-n // k) * k if k > 0 else n
+
+
+def pad_batch(images: list[torch.Tensor], divisible: int = 0) -> torch.Tensor:
+    """Zero-pad to the largest H and W (rounded up to `divisible`), bottom and right (detectron2 ImageList)."""
+    h = max(t.shape[1] for t in images)
+    w = max(t.shape[2] for t in images)
+    if divisible > 0:
+        h, w = -(-h // divisible) * divisible, -(-w // divisible) * divisible
+    out = images[0].new_zeros((len(images), 3, h, w))
+    for i, t in enumerate(images):
+        out[i, :, : t.shape[1], : t.shape[2]] = t
+    return out
+
+
+PREPROCESS = ("detectron2", "maskrcnn", "caffe_float")

@@ -1,0 +1,79 @@
+"""What a preset is, and the table presets are registered in (torch-free: config checks and `visfeat presets`
+read it without building anything). The catalog fills the table; the registry looks presets up and builds them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..weights import WeightFile
+
+# Options every preset accepts; they act on decoding, not on the model.
+COMMON_OPTIONS: dict[str, Any] = {
+    # Apply EXIF orientation (images as people see them): the one stated exception to reproducing the original
+    # extractors, which read pixels with PIL and ignore it. False = like those originals.
+    "exif": True,
+    "max_pixels": 178_956_970,  # refuse larger images (decompression bombs) with a recorded reason
+}
+
+# How many rows a ragged group has per image, as the field descriptions write it.
+ROWS = {"regions": "K", "cells": "H*W"}
+
+
+@dataclass(frozen=True)
+class Field:
+    """One output field as the catalog declares it (the extractor's `fields()` must agree). A dim is an int,
+    fixed by the preset's options, or the name of a size read from the weights file (`Preset.sizes` holds its
+    value with the preset's official weights). `ragged`: per-row shape of a group whose row count varies."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str = "float32"
+    ragged: str | None = None
+
+    def describe(self, sizes: dict[str, int]) -> str:
+        dims = ([ROWS[self.ragged]] if self.ragged else []) + [str(sizes.get(d, d)) for d in self.shape]
+        shape = "" if not dims else f" ({dims[0]},)" if len(dims) == 1 else f" ({', '.join(dims)})"
+        return self.name + shape + ("" if self.dtype == "float32" else f" {self.dtype}")
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    family: str  # which conda env runs it
+    builder: str  # "module:function", imported only when the extractor is built
+    summary: str  # one line: what it extracts (also the README's preset table)
+    outputs: tuple[Field, ...]  # with the default options
+    source: str
+    license: str
+    citation: str
+    sizes: dict[str, int] = field(default_factory=dict)  # the official weights' value of each named dim
+    outputs_note: str = ""  # what other options change in the outputs
+    options: dict[str, Any] = field(default_factory=dict)
+    weights: tuple[WeightFile, ...] = ()
+    weights_note: str = ""
+    check: str = ""  # "module:function" checking the resolved options, torch-free: bad config fails at start
+    vocab: tuple[str, str] | None = None  # shipped (objects, attributes) word lists in visfeat/vocab/
+    labelmap: str = ""  # the file among `weights` that names the ids (fetched beside the weights)
+
+    @property
+    def fields(self) -> str:
+        """The outputs in words, with the official weights' sizes."""
+        text = ", ".join(f.describe(self.sizes) for f in self.outputs)
+        return f"{text}; {self.outputs_note}" if self.outputs_note else text
+
+
+PRESETS: dict[str, Preset] = {}
+
+
+def register(preset: Preset) -> Preset:
+    """Add a preset to the table; its declarations are checked here, so a bad entry fails at import."""
+    if preset.name in PRESETS:
+        raise ValueError(f"preset {preset.name!r} registered twice")
+    named = {d for f in preset.outputs for d in f.shape if isinstance(d, str)}
+    if named != set(preset.sizes):
+        raise ValueError(f"preset {preset.name!r}: named dims {sorted(named)} but sizes for {sorted(preset.sizes)}")
+    if preset.labelmap and preset.labelmap not in {w.filename for w in preset.weights}:
+        raise ValueError(f"preset {preset.name!r}: labelmap {preset.labelmap} is not one of its weight files")
+    PRESETS[preset.name] = preset
+    return preset
