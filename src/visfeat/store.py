@@ -1,6 +1,6 @@
 """The HDF5 feature store: one file per dataset x extractor; shards have the same format, so merge is concatenation.
 
-Layout (DESIGN.md):
+Layout:
 - `image_id` (N,) utf-8, unique; `image_path` (N,) relative to the dataset root; `image_hw` (N, 2) int32
 - fixed-size fields: (N, *shape); ragged fields: (M, *shape) rows + `{group}_offsets` (N+1,) int64
 - `failed/image_id`, `failed/reason`
@@ -220,10 +220,6 @@ class FeatureStore(Mapping):
     def __setstate__(self, state):
         self.path, self.specs = state["path"], state["specs"]
         self._h5 = self._pid = self._index = None
-
-
-def open_store(path: str | os.PathLike) -> FeatureStore:
-    return FeatureStore(path)
 
 
 def iter_rows(store: FeatureStore, chunk: int = 256) -> Iterator[tuple[list[str], list[str], np.ndarray, dict, dict]]:
