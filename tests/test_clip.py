@@ -7,7 +7,6 @@ resize_pos_embed for *_448, global = encode_image (unnormalised).
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torchvision import transforms as T
 

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 import visfeat
-from visfeat.extract import THROTTLE_ENV, _Forward, folder_items, read_list, run_extraction
+from throttle import throttled_env
+from visfeat import extract
+from visfeat.extract import _Forward, folder_items, read_list, run_extraction
 from visfeat.extractors.base import Extractor, FieldSpec
 
 
@@ -51,7 +53,7 @@ def test_effnet_pipeline_equals_direct_model_and_classifies(sample_dir, bad_dir,
             logits = ex.model(x)
         np.testing.assert_allclose(s[it.image_id]["grid"], grid[0].permute(1, 2, 0).numpy(), rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(s[it.image_id]["logits"], logits[0].numpy(), rtol=1e-4, atol=1e-3)
-    # the stored global feature classifies the photos (DESIGN.md 'The offline default')
+    # the stored global feature classifies the photos (the offline default's own check)
     cls = ex.model.classifier
     top1 = {i: int(cls(torch.from_numpy(s[i]["global"])).argmax()) for i in ("chelsea", "coffee", "rocket")}
     assert top1 == {"chelsea": 285, "coffee": 967, "rocket": 657}
@@ -65,7 +67,7 @@ def test_kill_and_resume_gives_identical_file(sample_dir, tmp_path):
             "--root", str(sample_dir), "--batch-size", "2", "--workers", "1", "--device", "cpu"]
     subprocess.run(args + ["--out", str(tmp_path / "full.h5")], check=True, capture_output=True)
     out = tmp_path / "resumed.h5"
-    env = {**os.environ, THROTTLE_ENV: "1.0"}
+    env = {**os.environ, **throttled_env(tmp_path / "throttle", 1.0)}
     p = subprocess.Popen(args + ["--out", str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     parts = tmp_path / "resumed.h5.parts"
     deadline = time.time() + 120
@@ -81,6 +83,17 @@ def test_kill_and_resume_gives_identical_file(sample_dir, tmp_path):
     assert not parts.exists()
     r = subprocess.run(args + ["--out", str(out)], check=True, capture_output=True, text=True)
     assert "nothing to do" in r.stderr
+
+
+def test_after_flush_hook_runs_once_each_batch_is_on_disk(sample_dir, tmp_path, monkeypatch):
+    """The hook the kill-and-resume tests slow a child down with (see tests/throttle.py)."""
+    parts = tmp_path / "h.h5.parts"
+    seen = []
+    monkeypatch.setattr(extract, "after_flush", lambda k: seen.append((k, len(list(parts.glob("b*.npz"))))))
+    items = folder_items(sample_dir)
+    run_extraction(visfeat.load_extractor("effnet-lite0", device="cpu"), items, tmp_path / "h.h5", batch_size=2,
+                   workers=0)
+    assert seen == [(k, k + 1) for k in range(-(-len(items) // 2))]
 
 
 class _OOMOnce(Extractor):

@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from conftest import copy_workflow, snakemake
+from throttle import throttled_env
 
 CLAIM = "from visfeat.gpus import claim_gpu; import os, sys, time; claim_gpu(poll=0.2); " \
         "print(os.environ['CUDA_VISIBLE_DEVICES'], flush=True); time.sleep(float(sys.argv[1]))"
@@ -32,8 +33,6 @@ def test_concurrent_jobs_get_distinct_gpus_and_third_waits(tmp_path):
 
 
 def test_single_or_scheduler_given_gpu_is_left_alone(tmp_path):
-    from visfeat.gpus import claim_gpu
-
     for visible in ("3", ""):
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": visible}
         out = subprocess.run([sys.executable, "-c", "from visfeat.gpus import claim_gpu; print(claim_gpu())"],
@@ -49,7 +48,7 @@ def test_local_snakemake_jobs_each_claim_their_gpu(tmp_path):
     cfg["extractors"]["effnet-lite0"] = {"workers": 0, "batch_size": 1}
     (wd / "config/config.yaml").write_text(yaml.safe_dump(cfg))
     env = {"CUDA_VISIBLE_DEVICES": "0,1", "VISFEAT_GPU_LOCK_DIR": str(tmp_path / "locks"),
-           "VISFEAT_TEST_BATCH_DELAY": "1.0"}
+           **throttled_env(tmp_path / "throttle", 1.0)}
     snakemake(wd, "--cores", "2", env=env)
     claimed = sorted(
         line.split()[3] for i in (0, 1)
