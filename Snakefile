@@ -12,7 +12,6 @@ configfile: "config/config.yaml"
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/datasets.smk"
-include: "workflow/rules/shards.smk"
 include: "workflow/rules/weights.smk"
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/merge.smk"

@@ -19,6 +19,7 @@ import visfeat
 from conftest import copy_workflow, snakemake
 from slurm_cluster import LocalSlurm, unavailable_reason
 from test_extract import stores_identical
+from throttle import throttled_env
 
 REASON = unavailable_reason()
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
@@ -98,7 +99,7 @@ def test_all_features_on_slurm(cluster, tiny_clip, tmp_path, capsys):
     assert len(by_rule.get("extract", [])) == 2, p.stdout[-3000:]
     for j in by_rule["extract"]:
         assert j["Partition"] == "gpu" and "gpu:1" in j.get("TresPerJob", "") and j["JobState"] == "COMPLETED"
-    for rule in ("manifest", "shard", "merge"):
+    for rule in ("manifest", "merge"):
         assert by_rule.get(rule) and all(j["Partition"] == "cpu" for j in by_rule[rule]), rule
     assert "prepare_dataset" not in by_rule  # a localrule: the login node downloads
     for i in (0, 1):
@@ -134,7 +135,7 @@ def test_all_features_on_slurm(cluster, tiny_clip, tmp_path, capsys):
     (wd / "results/sample/clip-vit-b32.h5").unlink()
     before = {j["JobId"] for j in cluster.jobs()}
     proc = subprocess.Popen(["snakemake", "--profile", "slurm", "all_features"], cwd=wd,
-                            env={**os.environ, "HOME": str(home), "VISFEAT_TEST_BATCH_DELAY": "2",
+                            env={**os.environ, "HOME": str(home), **throttled_env(tmp_path / "throttle", 2),
                                  "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     shards = wd / "results/sample/clip-vit-b32/shards"
@@ -169,5 +170,5 @@ def test_slurm_profile_dry_run_plans_gpu_jobs(tmp_path):
     assert len(blocks["extract"]) == 2
     for b in blocks["extract"]:
         assert "slurm_partition=gpu" in b and "gpu=1" in b
-    for rule in ("manifest", "shard", "merge"):
+    for rule in ("manifest", "merge"):
         assert all("slurm_partition=cpu" in b for b in blocks[rule])

@@ -19,7 +19,8 @@ import visfeat
 from conftest import copy_workflow, snakemake
 from http_server import FileServer
 from test_extract import stores_identical
-from visfeat.extract import THROTTLE_ENV, folder_items, run_extraction
+from throttle import throttled_env
+from visfeat.extract import folder_items, run_extraction
 
 pytestmark = pytest.mark.workflow
 
@@ -153,7 +154,7 @@ def test_killed_extraction_job_resumes_to_identical_file(clip_run, tmp_path):
     reference = tmp_path / "ref.h5"
     shutil.copy(wd / "results/sample/clip-vit-b32/shards/0.h5", reference)
     shutil.rmtree(wd / "results/sample")  # everything for this dataset goes again, now throttled
-    env = {THROTTLE_ENV: "1.5"}
+    env = throttled_env(tmp_path / "throttle", 1.5)
     cmd = [str(Path(sys.executable).with_name("snakemake")), "--cores", "1",
            "results/sample/clip-vit-b32/shards/0.h5"]
     proc = subprocess.Popen(cmd, cwd=wd, env={**os.environ, **env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
@@ -186,3 +187,118 @@ def test_offline_weights_error_names_file_and_place(tmp_path):
     out = p.stdout + p.stderr
     assert p.returncode != 0
     assert "place RN50.pt" in out and "resources/weights/clip-rn50/RN50.pt" in out, out[-3000:]
+
+
+def test_extract_job_reads_its_shard_as_the_shard_list_gave_it(tmp_path):
+    """The manifest slice an extraction job reads is the list file a shard job used to write, item for item (so
+    resume state and signatures carry over), including empty shards when there are more shards than images."""
+    import pandas as pd
+
+    from visfeat.datasets import write_shard
+    from visfeat.extract import manifest_items, read_list
+
+    df = pd.DataFrame({"image_id": ["b", "a", "c/d"], "path": ["b.png", "x/a.jpg", "/abs/d.png"],
+                       "bytes": 1, "width": 1, "height": 1})
+    df.to_parquet(tmp_path / "manifest.parquet")
+    for i in range(5):
+        write_shard(df, 5, i, tmp_path / f"{i}.txt")
+        assert manifest_items(tmp_path / "manifest.parquet", 5, i, "/root") == read_list(tmp_path / f"{i}.txt", "/root")
+
+
+def test_ten_thousand_shards_plan_one_job_each(tmp_path, sample_dir):
+    """No job per shard list: 10,000 shards plan 10,000 extraction jobs and a few for the dataset (issue 17)."""
+    import re
+
+    wd = copy_workflow(tmp_path)
+    cfg = {"datasets": {"many": {"source": "folder", "path": str(sample_dir), "shards": 10000}},
+           "extractors": {"effnet-lite0": {}},
+           "features": [{"datasets": ["many"], "extractors": ["effnet-lite0"]}]}
+    (wd / "config/config.yaml").write_text(yaml.safe_dump(cfg))
+    out = snakemake(wd, "-n", "all_features", "--quiet", "rules").stdout
+    jobs = {m[0]: int(m[1]) for m in re.findall(r"^(\w+)\s+(\d+)$", out, re.M)}
+    assert jobs["extract"] == 10000 and jobs["total"] <= 10010, out[-2000:]
+
+
+def test_ten_thousand_shards_keep_every_command_line_short(tmp_path, sample_dir):
+    """merge and report name the shard stores and logs as a folder and a count, not one argument each: with 10,000
+    shards a listed command would pass Linux's 128 KiB argument limit (issue 17 follow-up)."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in sorted(os.listdir(sample_dir))[:2]:
+        shutil.copy2(sample_dir / name, images / name)
+    wd = copy_workflow(tmp_path)
+    cfg = {"datasets": {"many": {"source": "folder", "path": str(images), "shards": 10000}},
+           "extractors": {"effnet-lite0": {}},
+           "features": [{"datasets": ["many"], "extractors": ["effnet-lite0"]}]}
+    (wd / "config/config.yaml").write_text(yaml.safe_dump(cfg))
+    out = snakemake(wd, "-n", "-p", "--forceall", "results/report/many/effnet-lite0/samples.png").stdout
+    commands = [line.removeprefix("Shell command: ") for line in out.splitlines() if line.startswith("Shell command: ")]
+    for name in ("merge", "report"):
+        assert any(f" visfeat {name} " in c and "--shards 10000" in c for c in commands), name
+    longest = max(commands, key=len)
+    assert len(longest.encode()) < 8192, longest[:500]
+
+
+def test_webdataset_source_gives_the_features_of_the_same_images_in_a_folder(tmp_path, sample_dir):
+    """Tars as img2dataset writes them (jpg/txt/json members, its .parquet and _stats.json beside them), one broken
+    image and one truncated tar: the features of a folder of the same images; the broken image, the member the tar
+    ends inside and the truncated tar itself are recorded failures, and every shard completes."""
+    import json
+    import tarfile
+
+    photos = ["chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png", "camera.png", "horse.png"]
+    jpgs = []
+    for name in photos:
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.open(sample_dir / name).convert("RGB").save(buf, "JPEG", quality=90)
+        jpgs.append(buf.getvalue())
+    tars = {"00000": {"000000000": jpgs[0], "000000001": jpgs[1], "000000002": b"\xff\xd8 not a jpeg"},
+            "00001": {"000010000": jpgs[2], "000010001": jpgs[3]},
+            "00002": {"000020000": jpgs[4], "000020001": jpgs[5]}}  # cut short inside its last image below
+    web, folder = tmp_path / "cc", tmp_path / "folder"
+    web.mkdir(), folder.mkdir()
+    for shard, samples in tars.items():
+        with tarfile.open(web / f"{shard}.tar", "w") as t:
+            for key, jpg in samples.items():
+                meta = {"url": f"http://127.0.0.1/{key}.jpg", "caption": f"photo {key}", "status": "success"}
+                for ext, data in (("jpg", jpg), ("txt", f"photo {key}".encode()), ("json", json.dumps(meta).encode())):
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size = len(data)
+                    t.addfile(info, io.BytesIO(data))
+                if shard != "00002" or key != "000020001":
+                    (folder / f"{key}.jpg").write_bytes(jpg)
+        (web / f"{shard}.parquet").write_bytes(b"")
+        (web / f"{shard}_stats.json").write_text("{}")
+    with tarfile.open(web / "00002.tar") as t:
+        cut = t.getmember("000020001.jpg")
+    data = (web / "00002.tar").read_bytes()
+    (web / "00002.tar").write_bytes(data[:cut.offset_data + cut.size // 2])
+
+    (tmp_path / "wd").mkdir()
+    wd = copy_workflow(tmp_path / "wd")
+    cfg = {"datasets": {"cc": {"source": "webdataset", "path": f"{web}/{{00000..00002}}.tar", "tars_per_shard": 2},
+                        "folder": {"source": "folder", "path": str(folder)}},
+           "extractors": {"effnet-lite0": {"batch_size": 1}},  # one image per forward: batch-independent bits
+           "features": [{"datasets": ["cc", "folder"], "extractors": ["effnet-lite0"]}]}
+    (wd / "config/config.yaml").write_text(yaml.safe_dump(cfg))
+    snakemake(wd, "results/cc/effnet-lite0.h5", "results/folder/effnet-lite0.h5")
+    import pandas as pd
+
+    manifest = pd.read_parquet(wd / "results/cc/manifest.parquet")
+    assert manifest.set_index("image_id")["txt"]["000010000"] == "photo 000010000"
+    assert json.loads(manifest.set_index("image_id")["json"]["000000001"])["url"] == "http://127.0.0.1/000000001.jpg"
+    assert sorted(p.name for p in (wd / "results/cc/effnet-lite0/shards").glob("*.h5")) == ["0.h5", "1.h5"]
+    from_tars = visfeat.open(wd / "results/cc/effnet-lite0.h5")
+    from_folder = visfeat.open(wd / "results/folder/effnet-lite0.h5")
+    assert sorted(from_tars) == sorted(from_folder) == ["000000000", "000000001", "000010000", "000010001", "000020000"]
+    for i in from_folder:  # the same decoded pixels through the same forward
+        for f in ("global", "grid", "logits", "image_hw"):
+            np.testing.assert_array_equal(from_tars[i][f], from_folder[i][f])
+    failed = dict(from_tars.failed)
+    assert sorted(failed) == sorted(["000000002", "000020001", "00002.tar"])
+    assert [i for i, _ in from_folder.failed] == ["000000002"]
+    assert failed["000020001"].startswith("truncated tar") and failed["00002.tar"].startswith("truncated tar")
+    assert failed["000000002"].startswith("undecodable: cannot identify image file '00000.tar@")  # tar, offset
+    assert dict(from_folder.failed)["000000002"].startswith("undecodable: cannot identify image file")

@@ -34,7 +34,7 @@ def _key(path) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
 
 
-BUILTIN_SOURCES = ("sample", "folder", "list", "archive")
+BUILTIN_SOURCES = ("sample", "folder", "list", "archive", "webdataset")
 
 
 def load_registry(path: str) -> dict:
@@ -82,7 +82,8 @@ def _check_semantics(cfg: dict, base_dir: str, registry: dict) -> None:
         if src not in BUILTIN_SOURCES and src not in registry["datasets"]:
             raise ConfigError(f"config: datasets.{name}.source: unknown source {src!r}; built in: "
                               f"{', '.join(BUILTIN_SOURCES)}; registry: {', '.join(registry['datasets'])}")
-        need = {"folder": ["path"], "list": ["list", "path"], "archive": ["url", "sha256"]}.get(src, [])
+        need = {"folder": ["path"], "list": ["list", "path"], "archive": ["url", "sha256"],
+                "webdataset": ["path"]}.get(src, [])
         for k in need:
             if k not in d:
                 raise ConfigError(f"config: datasets.{name}.{k}: required for source {src}")

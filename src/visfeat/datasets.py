@@ -8,6 +8,7 @@ error naming both files.
 """
 from __future__ import annotations
 
+import io
 import os
 import re
 from collections.abc import Iterator
@@ -127,22 +128,170 @@ def build_manifest(root: str | os.PathLike, pairs: list[tuple[str, str]], apply_
     return df.astype({"bytes": "int64", "width": "int32", "height": "int32"})
 
 
+def write_manifest(df, out: str | os.PathLike) -> None:
+    """manifest.parquet, written whole under a temporary name and renamed (a killed job leaves no half file)."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(str(out) + ".tmp")
+    df.to_parquet(tmp, index=False)
+    tmp.replace(out)
+
+
 def shard_ranges(n: int, shards: int) -> list[tuple[int, int]]:
     """Balanced contiguous split of n sorted ids into `shards` parts (some empty when n < shards)."""
     bounds = np.linspace(0, n, shards + 1).round().astype(int)
     return [(int(bounds[i]), int(bounds[i + 1])) for i in range(shards)]
 
 
-def write_shard(manifest, shards: int, index: int, out_path: str | os.PathLike) -> int:
-    """Shard `index` of `shards` = that contiguous block of the manifest sorted by image_id (deterministic, stable).
-    Lines are `image_id<TAB>path`, paths relative to the dataset root."""
+def shard_of(manifest, shards: int, index: int):
+    """Shard `index` of `shards` of a manifest, as its rows. A manifest with a `shard` column (webdataset: one shard
+    per tar, or per `tars_per_shard` tars) says it row by row, in manifest order (each tar read in order); any other
+    manifest is cut into contiguous blocks sorted by image_id (deterministic, stable when rerun; some blocks are
+    empty when there are fewer images than shards)."""
     if not 0 <= index < shards:
         raise DatasetError(f"shard index {index} out of range for {shards} shards")
+    if "shard" in manifest.columns:
+        return manifest[manifest["shard"] == index]
     df = manifest.sort_values("image_id", kind="stable")
     a, b = shard_ranges(len(df), shards)[index]
-    part = df.iloc[a:b]
+    return df.iloc[a:b]
+
+
+def write_shard(manifest, shards: int, index: int, out_path: str | os.PathLike) -> int:
+    """Shard `index` of `shards` (shard_of) as a list file: lines `image_id<TAB>path`, paths relative to the dataset
+    root, which `visfeat extract --list` reads."""
+    part = shard_of(manifest, shards, index)
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(str(out_path) + ".tmp")
     tmp.write_text("".join(f"{i}\t{p}\n" for i, p in zip(part["image_id"], part["path"])), encoding="utf-8")
     os.replace(tmp, out_path)
     return len(part)
+
+
+# webdataset sources: tar shards as img2dataset and webdataset write them
+
+WEBDATASET_IMAGES = ("jpg", "jpeg", "png", "webp")  # a sample's image: the first of these members it has
+WEBDATASET_TEXT = ("txt", "json")  # copied into the manifest: img2dataset's caption; url, original width/height
+# webdataset's base_plus_ext: the key is the member name up to the first dot of its file name
+_MEMBER = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """webdataset's shard notation, left to right: `{00000..00331}` (zero-padded as written) and `{a,b}`."""
+    m = re.search(r"\{([^{}]*)\}", pattern)
+    if not m:
+        return [pattern]
+    r = re.fullmatch(r"(\d+)\.\.(\d+)", m.group(1))
+    if r:
+        a, b = r.groups()
+        width = len(a) if len(a) == len(b) else 0
+        choices = [str(k).zfill(width) for k in range(int(a), int(b) + 1)]
+    else:
+        choices = m.group(1).split(",")
+    return [p for c in choices for p in expand_braces(pattern[:m.start()] + c + pattern[m.end():])]
+
+
+def tar_paths(path: str | list[str]) -> list[str]:
+    """A webdataset source's tars, in shard order: a brace pattern, a list of tars (or patterns), a folder of
+    `.tar` files (sorted by name), or one tar."""
+    if isinstance(path, (list, tuple)):
+        return [p for x in path for p in tar_paths(x)]
+    if "{" in path:
+        return expand_braces(path)
+    if os.path.isdir(path):
+        tars = sorted(f for f in os.listdir(path) if f.endswith(".tar") and not f.startswith("."))
+        if not tars:
+            raise DatasetError(f"webdataset folder {path} has no .tar files")
+        return [os.path.join(path, f) for f in tars]
+    return [path]
+
+
+def _tar_members(tar: str) -> tuple[list, str | None]:
+    """The file members of one tar from their headers, in order, and why the tar ends early (None: it is whole).
+    Nothing is unpacked: tarfile reads the headers, the data is read later at each member's offset."""
+    import tarfile
+
+    members, broken = [], None
+    try:
+        with tarfile.open(tar, mode="r:") as t:
+            while True:
+                try:
+                    m = t.next()
+                except tarfile.TarError as e:  # a header cut short or the data of the last member missing
+                    broken = f"{type(e).__name__}: {e}"
+                    break
+                if m is None:
+                    break
+                if m.isfile():
+                    members.append(m)
+            end = t.offset
+    except (tarfile.TarError, OSError) as e:
+        return [], f"unreadable tar: {type(e).__name__}: {e}"
+    if broken is None:  # a whole tar ends in zero blocks; a cut one can end quietly inside a header
+        with open(tar, "rb") as f:
+            f.seek(end)
+            tail = f.read(1 << 20)
+        if len(tail) < 1024 or tail.strip(b"\0"):
+            broken = "no end-of-archive blocks"
+    if broken is None:
+        return members, None
+    if members and members[-1].offset_data + members[-1].size > os.path.getsize(tar):
+        broken += f" (it ends inside {members[-1].name})"
+    return members, f"truncated tar: {broken}"
+
+
+def _read_at(f, offset: int, size: int) -> bytes:
+    f.seek(offset)
+    return f.read(size)
+
+
+def scan_webdataset(tars: list[str], tars_per_shard: int = 1, apply_exif: bool = True):
+    """Manifest of tar shards: one row per sample, id = its `__key__` (unique across the dataset), in tar order.
+    Besides the manifest columns: `shard` (tar index // tars_per_shard), `tar` (absolute path), `offset` of the
+    image member's data (-1: none), `error` (why the row cannot be extracted, else ""), and the `txt` and `json`
+    members' text. A sample without an image, and a truncated or unreadable tar (a row of its own, id = the tar's
+    file name), are rows whose extraction records the error."""
+    import pandas as pd
+
+    rows, seen = [], {}
+
+    def row(image_id, path, size=-1, w=-1, h=-1, shard=0, tar="", offset=-1, error="", txt="", js=""):
+        rows.append((image_id, path, size, w, h, shard, tar, offset, error, txt, js))
+
+    for k, tar in enumerate(tars):
+        shard, name, abstar = k // tars_per_shard, os.path.basename(tar), os.path.abspath(tar)
+        members, broken = _tar_members(tar)
+        samples: dict[str, dict[str, object]] = {}
+        for m in members:
+            mm = _MEMBER.match(m.name)
+            if not mm:  # webdataset skips members without an extension too
+                continue
+            key, ext = mm.group(1), mm.group(2).lower()
+            if key in seen and seen[key][0] != k:
+                raise DatasetError(f"webdataset __key__ {key!r} is in both {seen[key][1]} and {tar}")
+            seen[key] = (k, tar)
+            if ext in samples.setdefault(key, {}):
+                raise DatasetError(f"webdataset __key__ {key!r} has two {ext} members in {tar}")
+            samples[key][ext] = m
+        with open(tar, "rb") if samples else io.BytesIO() as f:  # an unreadable tar has no samples
+            for key, exts in samples.items():
+                text = {e: _read_at(f, exts[e].offset_data, exts[e].size).decode("utf-8", "replace")
+                        for e in WEBDATASET_TEXT if e in exts}
+                image = next((exts[e] for e in WEBDATASET_IMAGES if e in exts), None)
+                if image is None:
+                    row(key, f"{name}/{key}", shard=shard, tar=abstar, txt=text.get("txt", ""),
+                        js=text.get("json", ""), error=f"no image member ({', '.join(WEBDATASET_IMAGES)}) in {name}")
+                    continue
+                try:
+                    w, h = header_size(io.BytesIO(_read_at(f, image.offset_data, image.size)), apply_exif)
+                except Exception:  # unreadable header: extraction records the reason
+                    w = h = -1
+                row(key, f"{name}/{image.name}", image.size, w, h, shard, abstar, image.offset_data,
+                    txt=text.get("txt", ""), js=text.get("json", ""))
+        if broken is not None:
+            if name in seen:
+                raise DatasetError(f"webdataset __key__ {name!r} is also the name of the broken tar {tar}")
+            seen[name] = (k, tar)
+            row(name, name, shard=shard, tar=abstar, error=broken)
+    df = pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, "shard", "tar", "offset", "error", "txt", "json"])
+    return df.astype({"bytes": "int64", "width": "int32", "height": "int32", "shard": "int64", "offset": "int64"})
+

@@ -294,11 +294,14 @@ def merge(shards: list[str | os.PathLike], out: str | os.PathLike, expected_ids:
     """
     if not shards:
         raise StoreError("no shards to merge")
-    stores = [FeatureStore(s) for s in shards]
+    stores = [FeatureStore(s) for s in shards[:1]]
     first = stores[0].attrs
     keys = ("preset", "extractor", "config", "fields", "weights_sha256", "storage_dtype")
-    for s in stores[1:]:
+    for path in shards[1:]:
+        s = FeatureStore(path)
         a = s.attrs
+        s.close()  # reopened when streamed: one open file at a time, whatever the shard count (ulimit -n)
+        stores.append(s)
         for k in keys:
             if a.get(k) != first.get(k):
                 raise StoreError(f"{s.path}: attribute {k!r} differs from {stores[0].path}: cannot merge")
@@ -321,6 +324,7 @@ def merge(shards: list[str | os.PathLike], out: str | os.PathLike, expected_ids:
                     seen.add(i)
                 w.add_failures([i for i, _ in failed], [r for _, r in failed])
                 n_failed += len(failed)
+                s.close()
             if expected_ids is not None:
                 exp = set(expected_ids)
                 missing = exp - seen

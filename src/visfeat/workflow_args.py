@@ -10,6 +10,7 @@ import urllib.parse
 from typing import Any
 
 from .config import preset_options, published_entry
+from .datasets import tar_paths
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.xz")
 
@@ -41,6 +42,7 @@ class WorkflowArgs:
 
     def __init__(self, config: dict, registry: dict):
         self.config, self.registry = config, registry
+        self._tars: dict[str, list[str]] = {}
         self.results, self.resources = config["results"], config["resources"]
         self.published = {**registry.get("published", {}), **config.get("published", {})}
         # dataset/extractor -> the published entry standing for it (features entries with `source: published`)
@@ -64,7 +66,23 @@ class WorkflowArgs:
             return d.get("path") or reg.get("local") or f"{self.resources}/archives"
         if d["source"] in ("sample", "archive"):
             return f"{self.resources}/datasets/{dataset}"
+        if d["source"] == "webdataset":  # the manifest holds each tar's absolute path
+            return "."
         return d["path"]
+
+    def tars(self, dataset: str) -> list[str]:
+        """A webdataset source's tars, in shard order (a pattern expanded, a folder listed: no tar is opened)."""
+        if dataset not in self._tars:
+            self._tars[dataset] = tar_paths(self.config["datasets"][dataset]["path"])
+        return self._tars[dataset]
+
+    def shard_count(self, dataset: str) -> int:
+        """How many extraction jobs (shard stores) a dataset has, known without reading any data file: `shards`, or
+        for a webdataset source one per `tars_per_shard` tars."""
+        d = self.config["datasets"][dataset]
+        if d["source"] == "webdataset":
+            return -(-len(self.tars(dataset)) // d.get("tars_per_shard", 1))
+        return d["shards"]
 
     def id_style(self, dataset: str) -> str:
         reg = self.registry_entry(dataset) or {}
@@ -74,7 +92,10 @@ class WorkflowArgs:
         """visfeat manifest: which source kind, the root, and how the split is chosen."""
         d, reg = self.config["datasets"][dataset], self.registry_entry(dataset)
         opts: Options = [("--root", self.dataset_root(dataset)), ("--id-style", self.id_style(dataset))]
-        if reg is None:
+        if reg is None and d["source"] == "webdataset":
+            opts += [("--source", "webdataset"), ("--tars-per-shard", d.get("tars_per_shard", 1))]
+            opts += [("--tars", t) for t in (d["path"] if isinstance(d["path"], list) else [d["path"]])]
+        elif reg is None:
             opts += [("--source", d["source"]), ("--list", d.get("list") if d["source"] == "list" else None)]
         elif "local" in reg:
             opts += [("--source", "folder"), ("--missing-message", reg["instructions"])]
@@ -139,6 +160,18 @@ class WorkflowArgs:
         opts += [("--set", f"{k}={json.dumps(v)}") for k, v in preset_options(inst).items()]
         return render(opts)
 
+    def extract_job(self, dataset: str, extractor: str, weights: str | list[str], boxes: str | list[str]) -> str:
+        """The workflow's extraction job: the instance's options, how many shards the manifest is cut into, and the
+        root its paths resolve against (the job's own --shard is its wildcard)."""
+        return " ".join([self.extract(extractor, weights, boxes),
+                         render([("--shards", self.shard_count(dataset)), ("--root", self.dataset_root(dataset))])])
+
+    def merge(self, dataset: str, extractor: str) -> str:
+        """visfeat merge: the shard stores as a folder and a count, not one argument each, so the command line stays
+        short whatever the shard count (the rule's input still lists every store, for the DAG)."""
+        return render([("--shard-dir", f"{self.results}/{dataset}/{extractor}/shards"),
+                       ("--shards", self.shard_count(dataset))])
+
     # k-means and reports
 
     def kmeans_train(self, kmeans: str) -> str:
@@ -148,12 +181,12 @@ class WorkflowArgs:
                        ("--max-train-vectors", km.get("max_train_vectors") or None)])
 
     def report_features(self, dataset: str, extractor: str) -> str:
-        """Figures of one store; the extraction logs give the throughput per shard."""
-        shards = self.config["datasets"][dataset]["shards"]
-        logs = [f"logs/extract/{dataset}/{extractor}/{i}.log" for i in range(shards)]
+        """Figures of one store; the extraction logs (rule extract's, as a folder and a count) give the throughput
+        per shard."""
         return render([("--root", self.dataset_root(dataset)),
                        ("--out-dir", f"{self.results}/report/{dataset}/{extractor}"),
-                       ("--weights-root", f"{self.resources}/weights"), *[("--log", p) for p in logs]])
+                       ("--weights-root", f"{self.resources}/weights"),
+                       ("--log-dir", f"logs/extract/{dataset}/{extractor}"), ("--shards", self.shard_count(dataset))])
 
     def report_kmeans(self, kmeans: str) -> str:
         """Figures of one k-means job; the codes of its first `assign` dataset, when it has one."""

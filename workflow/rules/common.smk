@@ -71,11 +71,13 @@ def get_dataset_input(wildcards):
         return [] if "local" in reg else [f"{RES}/archives/{a}" for a in reg["archives"]]
     if d["source"] == "list":
         return [d["list"]]
+    if d["source"] == "webdataset":
+        return ARGS.tars(wildcards.dataset)
     return [ARGS.dataset_root(wildcards.dataset)]
 
 
 def get_shard_stores(wildcards):
-    n = DATASETS[wildcards.dataset]["shards"]
+    n = ARGS.shard_count(wildcards.dataset)
     return [f"{R}/{wildcards.dataset}/{wildcards.extractor}/shards/{i}.h5" for i in range(n)]
 
 
@@ -96,6 +98,12 @@ def get_boxes(wildcards):
     """Forced-boxes mode: the instance's `boxes` file for this dataset (`{dataset}` in the path is filled)."""
     inst = EXTRACTORS[wildcards.extractor]
     return [inst["boxes"].replace("{dataset}", wildcards.dataset)] if "boxes" in inst else []
+
+
+def get_extract_input(wildcards):
+    """An extraction job reads its shard straight from the manifest; plus the weights and given boxes it loads."""
+    return {"manifest": f"{R}/{wildcards.dataset}/manifest.parquet", "weights": get_weights(wildcards),
+            "boxes": get_boxes(wildcards)}
 
 
 def get_extract_env(wildcards):

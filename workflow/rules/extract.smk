@@ -1,15 +1,15 @@
 rule extract:
-    # One GPU job per shard. Resume state lives in {output}.parts/ beside the declared output, so a killed or
-    # preempted job continues from its last flushed batch when rerun; the .h5 appears only when complete.
+    # One GPU job per shard; it reads its slice of the manifest itself (datasets.shard_of), so a dataset of N
+    # shards plans N extraction jobs and no job per shard list. Resume state lives in {output}.parts/ beside the
+    # declared output, so a killed or preempted job continues from its last flushed batch when rerun; the .h5
+    # appears only when complete.
     input:
-        shard=f"{R}/{{dataset}}/shards/{{i}}.txt",
-        weights=get_weights,
-        boxes=get_boxes,
+        unpack(get_extract_input),
     output:
         f"{R}/{{dataset}}/{{extractor}}/shards/{{i}}.h5",
     params:
-        args=lambda wc, input: ARGS.extract(wc.extractor, input.weights, input.boxes),
-        root=lambda wc: ARGS.dataset_root(wc.dataset),
+        # one input function and one params function: Snakemake's cost per planned job grows with their number
+        args=lambda wc, input: ARGS.extract_job(wc.dataset, wc.extractor, input.weights, input.boxes),
     log:
         "logs/extract/{dataset}/{extractor}/{i}.log",
     threads: lambda wc: EXTRACTORS[wc.extractor]["workers"] + 1
@@ -18,4 +18,6 @@ rule extract:
     conda:
         get_extract_env
     shell:
-        visfeat("extract {params.args} --list {input.shard} --root {params.root:q} --out {output}")
+        visfeat(
+            "extract {params.args} --manifest {input.manifest} --shard {wildcards.i} --out {output}"
+        )

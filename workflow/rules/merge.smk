@@ -6,9 +6,12 @@ rule merge:
         manifest=f"{R}/{{dataset}}/manifest.parquet",
     output:
         f"{R}/{{dataset}}/{{extractor}}.h5",
+    params:
+        # the shards as a folder and a count: listing {input.shards} would pass Linux's 128 KiB argument limit
+        args=lambda wc: ARGS.merge(wc.dataset, wc.extractor),
     log:
         "logs/merge/{dataset}/{extractor}.log",
     conda:
         "../../envs/cpu.yaml"
     shell:
-        visfeat("merge --manifest {input.manifest} --out {output} {input.shards}")
+        visfeat("merge --manifest {input.manifest} --out {output} {params.args}")

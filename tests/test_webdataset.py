@@ -1,0 +1,110 @@
+"""webdataset sources: tar shards laid out as img2dataset writes them, read in place (issue 17)."""
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from visfeat.datasets import DatasetError, expand_braces, scan_webdataset, shard_of, tar_paths
+from visfeat.extract import manifest_items
+from visfeat.images import ImageError, load_image, load_tar_member
+
+
+def write_tar(path: Path, samples: dict[str, dict[str, bytes]]) -> Path:
+    """A tar of samples: key -> {extension: member bytes}, members in sample order as webdataset writes them."""
+    with tarfile.open(path, "w") as t:
+        for key, members in samples.items():
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+    return path
+
+
+def jpeg(seed: int, size=(40, 30)) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
+    return buf.getvalue()
+
+
+def img2dataset_sample(seed: int, caption: str) -> dict[str, bytes]:
+    meta = {"url": f"http://example.com/{seed}.jpg", "caption": caption, "width": 40, "height": 30, "status": "success"}
+    return {"jpg": jpeg(seed), "txt": caption.encode(), "json": json.dumps(meta).encode()}
+
+
+def test_brace_patterns_lists_and_folders(tmp_path):
+    assert expand_braces("/d/{00000..00002}.tar") == ["/d/00000.tar", "/d/00001.tar", "/d/00002.tar"]
+    assert expand_braces("{a,b}-{1..2}.tar") == ["a-1.tar", "a-2.tar", "b-1.tar", "b-2.tar"]
+    assert expand_braces("{8..10}.tar") == ["8.tar", "9.tar", "10.tar"]
+    for name in ("00001.tar", "00000.tar", "00000.parquet", "00000_stats.json"):  # img2dataset's output folder
+        (tmp_path / name).write_bytes(b"")
+    assert tar_paths(str(tmp_path)) == [str(tmp_path / "00000.tar"), str(tmp_path / "00001.tar")]
+    assert tar_paths(["a.tar", "{b,c}.tar"]) == ["a.tar", "b.tar", "c.tar"]
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no .tar files"):
+        tar_paths(str(tmp_path / "empty"))
+
+
+def test_manifest_of_tars_keys_text_and_shards(tmp_path):
+    a = write_tar(tmp_path / "00000.tar", {"000000000": img2dataset_sample(0, "a cat"),
+                                           "000000001": img2dataset_sample(1, "two cups")})
+    b = write_tar(tmp_path / "00001.tar", {"000010000": img2dataset_sample(2, "a rocket"),
+                                           "000010001": {"txt": b"no image here"}})
+    df = scan_webdataset([str(a), str(b)], tars_per_shard=1)
+    assert list(df["image_id"]) == ["000000000", "000000001", "000010000", "000010001"]
+    assert list(df["shard"]) == [0, 0, 1, 1] and list(df["txt"]) == ["a cat", "two cups", "a rocket", "no image here"]
+    assert json.loads(df["json"][0])["url"] == "http://example.com/0.jpg"
+    assert (df["width"][:3] == 40).all() and (df["height"][:3] == 30).all()
+    assert df["path"][2] == "00001.tar/000010000.jpg" and df["error"][3].startswith("no image member")
+    assert list(scan_webdataset([str(a), str(b)], tars_per_shard=2)["shard"]) == [0, 0, 0, 0]
+    # each image read in place equals the image itself
+    for it in manifest_items(_parquet(df, tmp_path), 2, 1, "."):
+        if it.error:
+            with pytest.raises(ImageError, match="no image member"):
+                raise ImageError(it.error)
+            continue
+        (tmp_path / "x.jpg").write_bytes(jpeg(2))
+        assert np.array_equal(np.asarray(load_tar_member(it.abspath, it.offset, it.size)),
+                              np.asarray(load_image(tmp_path / "x.jpg")))
+
+
+def _parquet(df, tmp_path: Path) -> Path:
+    df.to_parquet(tmp_path / "manifest.parquet", index=False)
+    return tmp_path / "manifest.parquet"
+
+
+def test_duplicate_key_names_both_tars(tmp_path):
+    a = write_tar(tmp_path / "00000.tar", {"k1": img2dataset_sample(0, "x")})
+    b = write_tar(tmp_path / "00001.tar", {"k1": img2dataset_sample(1, "y")})
+    with pytest.raises(DatasetError, match=r"'k1' is in both .*00000.tar and .*00001.tar"):
+        scan_webdataset([str(a), str(b)])
+
+
+@pytest.mark.parametrize("cut", ["inside the last image", "inside a header", "at zero bytes"])
+def test_truncated_tar_is_rows_that_fail_never_an_error(tmp_path, cut):
+    whole = write_tar(tmp_path / "whole.tar", {"k0": img2dataset_sample(0, "a"), "k1": img2dataset_sample(1, "b")})
+    data = whole.read_bytes()
+    with tarfile.open(whole) as t:
+        last = t.getmember("k1.jpg")
+        hdr = t.getmember("k1.txt").offset
+    n = {"inside the last image": last.offset_data + last.size // 2, "inside a header": hdr + 100,
+         "at zero bytes": 0}[cut]
+    cut_tar = tmp_path / "00000.tar"
+    cut_tar.write_bytes(data[:n])
+    df = scan_webdataset([str(cut_tar)])
+    broken = df[df["image_id"] == "00000.tar"]
+    assert len(broken) == 1 and broken["error"].iloc[0].startswith(("truncated tar", "unreadable tar"))
+    items = {it.image_id: it for it in manifest_items(_parquet(df, tmp_path), 1, 0, ".")}
+    if cut != "at zero bytes":
+        load_tar_member(items["k0"].abspath, items["k0"].offset, items["k0"].size)  # whole members still read
+    if cut == "inside the last image":
+        assert "ends inside k1.jpg" in broken["error"].iloc[0]
+        with pytest.raises(ImageError, match="truncated tar"):
+            load_tar_member(items["k1"].abspath, items["k1"].offset, items["k1"].size)
+    assert shard_of(df, 1, 0)["image_id"].tolist() == df["image_id"].tolist()
