@@ -1,6 +1,8 @@
 """The maskrcnn-benchmark family on this machine: images/s of the full-size VinVL X152-C4, VMB X-152 / X-101
-FPN and X-LXMERT grid8 models, one image at a time vs batches grouped by aspect ratio (ratio in the same run),
-and with --amp on CUDA the AMP rate plus the smallest cosine of AMP vs fp32 features on the same boxes.
+FPN and X-LXMERT grid8 models, one image at a time vs batches grouped by aspect ratio (ratio in the same run;
+on the CPU also each batch padded as one forward against the default there, equal sizes together:
+`extractors.detector.group_sizes`), and with --amp on CUDA the AMP rate plus the smallest cosine of AMP vs fp32
+features on the same boxes.
 
 Models: full size (1594/524 or 1600 classes), random init with the preset's architecture, built directly from
 the preset's spec (speed does not depend on the values: the RPN always hands 300 (VinVL) or 1000 (VMB)
@@ -15,7 +17,6 @@ import argparse
 import dataclasses
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +35,8 @@ from butd_pipeline import forward_rate  # bench/ is on sys.path when a bench scr
 PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg")
 
 
-def full_size(preset: str, device: str, amp: bool):
-    opts = resolve_options(preset)
+def full_size(preset: str, device: str, amp: bool, **options):
+    opts = resolve_options(preset, options)
     spec = detector_spec(opts)
     if opts.get("fpn"):
         spec = dataclasses.replace(spec, fpn_channels=512, mlp_dim=2048)  # e2e_..._FPN_512 yaml: OUT 512, MLP 2048
@@ -85,6 +86,11 @@ def main() -> None:
         batched = forward_rate(ex, images, a.batch_size)
         line = (f"  {preset:14s} one at a time {one:7.3f} img/s, batches of {a.batch_size} {batched:7.3f} img/s "
                 f"({batched / one:.2f}x)")
+        if ex.group_sizes:  # the CPU default: equal sizes together; against one padded forward per batch
+            ex.group_sizes = False
+            padded = forward_rate(ex, images, a.batch_size)
+            ex.group_sizes = True
+            line += f", padded as one {padded:7.3f} img/s (grouping by size {batched / padded:.2f}x)"
         if a.amp and a.device == "cuda":
             amp = full_size(preset, "cuda", True)
             amp.model.load_state_dict(ex.model.state_dict())

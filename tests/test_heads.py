@@ -59,6 +59,29 @@ def test_pooler_reads_each_image_from_its_own_extent():
     assert not torch.allclose(pooler(batch, r)[:1], out[:1])
 
 
+@pytest.mark.parametrize("kind", ["ROIPool", "ROIAlign", "ROIAlignV2"])
+def test_pooler_equals_pooling_each_crop(kind):
+    """RoIs inside their image's extent pool from the whole map in one call, the rest per crop: bit for bit
+    what pooling every image's RoIs from its own crop gives (padding filled with noise, so a leak shows)."""
+    g = torch.Generator().manual_seed(0)
+    extents = [(50, 60), (37, 41), (20, 55)]
+    x = torch.randn(3, 4, 50, 60, generator=g)
+    boxes = []
+    for i, (h, w) in enumerate(extents):
+        size = torch.tensor([w * 16.0, h * 16.0])
+        xy = torch.rand(40, 2, generator=g) * size
+        b = torch.cat([xy, torch.minimum(xy + torch.rand(40, 2, generator=g) * size / 2, size - 1)], 1)
+        boxes.append(torch.cat([torch.full((40, 1), float(i)), b], 1))
+    r = torch.cat(boxes)[torch.randperm(120, generator=g)]
+    pooler = Pooler(kind, 7, 1 / 16)
+    out = pooler(x, r, extents)
+    for i, (h, w) in enumerate(extents):
+        mine = r[:, 0] == i
+        crop = r[mine].clone()
+        crop[:, 0] = 0
+        assert torch.equal(out[mine], pooler(x[i:i + 1, :, :h, :w].contiguous(), crop))
+
+
 def test_fpn_level_uses_plus_one_areas():
     """LevelMapper: floor(4 + log2(sqrt((w + 1) * (h + 1)) / 224 + 1e-6)), clamped to levels 2..5."""
     p = LevelPooler(7, SCALES, 2)

@@ -105,6 +105,22 @@ def test_vmb_batch_of_mixed_sizes_equals_alone():
         assert_same_regions(top_boxes(b, k), top_boxes(a, k), f"batched {n}")
 
 
+@pytest.mark.parametrize("preset, weights", [("vinvl-x152c4", VINVL), ("vmb-x152", VMB), ("grid8-x152", VMB)])
+def test_padded_batch_equals_alone(preset, weights):
+    """One padded forward over mixed sizes (the accelerators' path; the CPU groups equal sizes instead)."""
+    ex = visfeat.load_extractor(preset, weights=str(weights), device="cpu")
+    names = ["astronaut.png", "chelsea.png", "hubble_deep_field.jpg"]
+    alone = [run(ex, [n])[0] for n in names]
+    ex.group_sizes = False
+    for n, b, a in zip(names, run(ex, names), alone):
+        if preset.startswith("grid8"):
+            assert cosine(b["grid"], a["grid"]).min() >= 0.99999, n
+            continue
+        k = int(a["num_boxes"])
+        assert int(b["num_boxes"]) == k
+        assert_same_regions(top_boxes(b, k), top_boxes(a, k), f"padded {n}")
+
+
 # ---- checkpoints ------------------------------------------------------------------------------------------------
 def test_maskrcnn_benchmark_layouts_with_and_without_module_prefix(tmp_path):
     state = torch.load(VINVL, map_location="cpu", weights_only=True)["model"]

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -34,12 +33,19 @@ def cmd_presets(a) -> int:
 
 
 def cmd_extract(a) -> int:
-    from .extract import folder_items, read_list, run_extraction
+    from .extract import folder_items, manifest_items, read_list, run_extraction
     from .extractors.registry import load_extractor
 
-    if bool(a.images) == bool(a.list):
-        raise SystemExit("give exactly one of --images DIR or --list FILE")
-    items = folder_items(a.images) if a.images else read_list(a.list, a.root)
+    if sum(map(bool, (a.images, a.list, a.manifest))) != 1:
+        raise SystemExit("give exactly one of --images DIR, --list FILE or --manifest FILE")
+    if a.manifest and (a.shard is None) != (a.shards is None):
+        raise SystemExit("--manifest: give both --shard I and --shards N, or neither (the whole manifest)")
+    if a.images:
+        items = folder_items(a.images)
+    elif a.list:
+        items = read_list(a.list, a.root)
+    else:  # the workflow's extract job: its shard of the manifest, read directly (no list file per shard)
+        items = manifest_items(a.manifest, a.shards or 1, a.shard or 0, a.root or Path(a.manifest).parent)
     boxes = None
     if a.boxes:
         from .given_boxes import check_covered, read_boxes
@@ -55,9 +61,10 @@ def cmd_extract(a) -> int:
         claim_gpu()  # several GPUs, no scheduler: one per job (before CUDA initialises)
     ex = load_extractor(a.preset, weights=a.weights, device=a.device, amp=a.amp, **_kv(a.set))
     if boxes is not None:
-        if not hasattr(ex, "set_given_boxes"):
-            raise SystemExit(f"--boxes: preset {a.preset!r} takes no boxes (forced-boxes mode is for region presets)")
-        ex.set_given_boxes(boxes)
+        try:
+            ex.set_given_boxes(boxes)
+        except ValueError as e:
+            raise SystemExit(f"--boxes: {e}") from None
     res = run_extraction(ex, items, a.out, batch_size=a.batch_size, workers=a.workers, name=a.name,
                          storage_dtype=a.dtype, compression=a.compression)
     return 0 if res else 1
@@ -109,6 +116,16 @@ def cmd_manifest(a) -> int:
     root = Path(a.root)
     if a.source == "folder" and not root.is_dir() and a.missing_message:
         raise SystemExit(f"visfeat manifest: error: image folder {root} does not exist.\n{a.missing_message}")
+    if a.source == "webdataset":  # its own manifest: tar members, text members, a shard per tars_per_shard tars
+        tars = D.tar_paths(a.tars)
+        df = D.scan_webdataset(tars, a.tars_per_shard, apply_exif=not a.no_exif)
+        D.write_manifest(df, a.out)
+        bad = df.loc[df["error"] != "", "image_id"]
+        print(f"manifest: {len(df)} samples in {len(tars)} tars -> {a.out}")
+        if len(bad):  # kept in the manifest: extraction records them as failed, by id
+            print(f"without an image to extract ({len(bad)}; a truncated tar by its name), by id: "
+                  f"{' '.join(bad[:50])}{' ...' if len(bad) > 50 else ''}")
+        return 0
     if a.source in ("folder", "archive", "sample"):
         pairs = D.scan_folder(root, a.id_style)
     elif a.source == "list":
@@ -123,10 +140,7 @@ def cmd_manifest(a) -> int:
     else:
         raise SystemExit(f"unknown source {a.source!r}")
     df = D.build_manifest(root, pairs, apply_exif=not a.no_exif)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(a.out + ".tmp")
-    df.to_parquet(tmp, index=False)
-    tmp.replace(a.out)
+    D.write_manifest(df, a.out)
     bad = int((df["width"] < 0).sum())
     missing = D.missing_ids(df)
     print(f"manifest: {len(df)} images under {root} ({bad} with unreadable headers, {len(missing)} missing) -> {a.out}")
@@ -135,14 +149,16 @@ def cmd_manifest(a) -> int:
     return 0
 
 
-def cmd_shard(a) -> int:
-    import pandas as pd
-
-    from .datasets import write_shard
-
-    n = write_shard(pd.read_parquet(a.manifest), a.n, a.index, a.out)
-    print(f"shard {a.index}/{a.n}: {n} images -> {a.out}")
-    return 0
+def numbered_files(files: list[str], folder: str | None, count: int | None, suffix: str, what: str) -> list[str]:
+    """Files given one by one, or as FOLDER/{i}SUFFIX for i in 0..COUNT-1: the workflow's form, whose command line
+    stays short whatever the shard count (Linux caps one argument at 128 KiB)."""
+    if (folder is None) != (count is None):
+        raise SystemExit(f"{what}: give the folder and the count together")
+    if folder is None:
+        return files
+    if files:
+        raise SystemExit(f"{what}: give the files one by one, or a folder and a count, not both")
+    return [f"{folder}/{i}{suffix}" for i in range(count)]
 
 
 def cmd_merge(a) -> int:
@@ -150,9 +166,12 @@ def cmd_merge(a) -> int:
 
     from .store import merge
 
+    shards = numbered_files(a.shards, a.shard_dir, a.count, ".h5", "merge --shard-dir/--shards")
+    if not shards:
+        raise SystemExit("merge: no shards given (SHARD.h5 ..., or --shard-dir DIR --shards N)")
     expected = list(pd.read_parquet(a.manifest)["image_id"]) if a.manifest else None
-    res = merge(a.shards, a.out, expected_ids=expected)
-    print(f"merged {len(a.shards)} shards -> {a.out}: {res['images']} images, {res['failed']} failed")
+    res = merge(shards, a.out, expected_ids=expected)
+    print(f"merged {len(shards)} shards -> {a.out}: {res['images']} images, {res['failed']} failed")
     return 0
 
 
@@ -196,10 +215,13 @@ def cmd_prepare(a) -> int:
 
 
 def cmd_kmeans_train(a) -> int:
-    from .kmeans import train
+    from .kmeans import KMeansError, train
 
-    train(a.stores, a.out, field=a.field, k=a.k, niter=a.niter, seed=a.seed, max_train_vectors=a.max_train_vectors,
-          gpu={"auto": "auto", "yes": True, "no": False}[a.gpu], name=a.name, npy=a.npy)
+    try:
+        train(a.stores, a.out, field=a.field, k=a.k, niter=a.niter, seed=a.seed, max_train_vectors=a.max_train_vectors,
+              gpu={"auto": "auto", "yes": True, "no": False}[a.gpu], name=a.name, npy=a.npy)
+    except KMeansError as e:  # the workflow's --name is the config key: the message names the job to fix
+        raise KMeansError(f"kmeans {a.name}: {e}") from None
     return 0
 
 
@@ -217,7 +239,8 @@ def cmd_report(a) -> int:
     if a.centroids:
         paths = kmeans_report(a.centroids, a.store, a.out_dir, root=a.root)
     else:
-        paths = feature_report(a.store, a.out_dir, root=a.root, logs=a.log, weights_root=a.weights_root)
+        logs = numbered_files(a.log, a.log_dir, a.shards, ".log", "report --log-dir/--shards")
+        paths = feature_report(a.store, a.out_dir, root=a.root, logs=logs, weights_root=a.weights_root)
     print("\n".join(str(p) for p in paths))
     return 0
 
@@ -260,14 +283,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="weights file (default: resources/weights/{preset}/ or the shipped file)")
     p.add_argument("--images", help="folder of images (recursive)")
     p.add_argument("--list", help="list file: `path` or `image_id<TAB>path` per line")
-    p.add_argument("--root", help="folder that relative paths in --list resolve against (default: the list's)")
+    p.add_argument("--manifest", help="a dataset's manifest.parquet (`visfeat manifest`): its images, or one shard")
+    p.add_argument("--shard", type=int, metavar="I", help="--manifest: extract shard I (0-based) ...")
+    p.add_argument("--shards", type=int, metavar="N", help="... of N (shards as the workflow cuts them)")
+    p.add_argument("--root", help="folder that relative paths in --list or --manifest resolve against "
+                                  "(default: the file's folder)")
     p.add_argument("--out", required=True, help="output .h5 (appears when complete; rerun resumes)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="preset option (YAML value)")
     p.add_argument("--boxes", help="given boxes per image id (forced-boxes mode, region presets)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding images")
-    p.add_argument("--amp", action="store_true", help="float16 autocast on CUDA")
+    p.add_argument("--amp", action="store_true", help="autocast: float16 on CUDA, bfloat16 on the CPU")
     p.add_argument("--name", help="extractor instance name stored in the file (default: the preset)")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="storage dtype")
     p.add_argument("--compression", choices=["none", "gzip", "lzf"], default="none")
@@ -311,8 +338,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("manifest", help="(workflow) list a dataset's images into manifest.parquet")
     p.add_argument("--source", required=True,
-                   choices=["folder", "list", "sample", "archive", "folders", "annotation", "karpathy"])
+                   choices=["folder", "list", "sample", "archive", "folders", "annotation", "karpathy",
+                            "webdataset"])
     p.add_argument("--root", required=True)
+    p.add_argument("--tars", action="append", default=[],
+                   help="webdataset: a brace pattern ({00000..00331}.tar), a tar, or a folder of .tar files "
+                        "(repeat)")
+    p.add_argument("--tars-per-shard", type=int, default=1, help="webdataset: tars per shard (extraction job)")
     p.add_argument("--list")
     p.add_argument("--folder", action="append", default=[],
                    help="folders: image folder under root (repeat); annotation: the images folder; "
@@ -325,17 +357,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_manifest)
 
-    p = sub.add_parser("shard", help="(workflow) write shard INDEX of N of a manifest as a list file")
-    p.add_argument("--manifest", required=True)
-    p.add_argument("--n", type=int, required=True)
-    p.add_argument("--index", type=int, required=True)
-    p.add_argument("--out", required=True)
-    p.set_defaults(func=cmd_shard)
-
     p = sub.add_parser("merge", help="(workflow) merge shard stores, validated against the manifest")
     p.add_argument("--manifest")
     p.add_argument("--out", required=True)
-    p.add_argument("shards", nargs="+")
+    p.add_argument("--shard-dir", help="the shard stores are DIR/0.h5 ... DIR/{N-1}.h5 (with --shards N)")
+    p.add_argument("--shards", type=int, dest="count", help="how many shard stores --shard-dir holds")
+    p.add_argument("shards", nargs="*", help="shard stores, in order (or --shard-dir and --shards)")
     p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("fetch-weights", help="(workflow) download a preset's weights, sha256-checked")
@@ -380,6 +407,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--centroids", help="a k-means centroids.h5")
     p.add_argument("--root", help="the dataset root, to draw the images themselves")
     p.add_argument("--log", action="append", default=[], help="extraction logs (throughput per shard)")
+    p.add_argument("--log-dir", help="the extraction logs are DIR/0.log ... DIR/{N-1}.log (with --shards N)")
+    p.add_argument("--shards", type=int, help="how many extraction logs --log-dir holds")
     p.add_argument("--out-dir", required=True)
     add_weights_root(p)
     p.set_defaults(func=cmd_report)

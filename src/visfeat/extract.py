@@ -24,18 +24,22 @@ import numpy as np
 
 from . import __version__
 from .extractors.base import Extractor, FieldSpec
-from .images import ImageError, load_image
+from .images import ImageError, full_size, load_image, load_tar_member
 from .store import writing
 
-# Test-only throttle: seconds to sleep after each flushed batch, so a test can land a kill mid-shard.
-THROTTLE_ENV = "VISFEAT_TEST_BATCH_DELAY"
+# Hook called with the batch index once that batch's part file is on disk (None: no call, the writer runs
+# ahead). Tests set it to pause there, so that a kill lands between two flushed batches.
+after_flush: Callable[[int], None] | None = None
 
 
 @dataclass(frozen=True)
 class Item:
     image_id: str
     path: str  # as stored in `image_path`: relative to the dataset root
-    abspath: str
+    abspath: str  # the image file, or the tar holding it
+    offset: int = -1  # a tar member: where its data starts in `abspath` (-1: abspath is the image file)
+    size: int = -1  # a tar member: its size in bytes
+    error: str = ""  # why the manifest already knows this item fails (a sample without an image, a broken tar)
 
 
 def default_image_id(relpath: str) -> str:
@@ -59,6 +63,21 @@ def read_list(list_file: str | os.PathLike, root: str | os.PathLike | None = Non
     return items
 
 
+def manifest_items(manifest: str | os.PathLike, shards: int, index: int, root: str | os.PathLike) -> list[Item]:
+    """Shard `index` of `shards` of a manifest.parquet (datasets.shard_of), paths resolved against `root`: the
+    items, in the order, that `read_list` gives for the same shard written as a list file (same resume signature)."""
+    import pandas as pd
+
+    from .datasets import shard_of
+
+    part = shard_of(pd.read_parquet(manifest), shards, index)
+    if "tar" in part.columns:  # webdataset: tar members read in place, in tar order (datasets.scan_webdataset)
+        return [Item(i, p, t, int(o), int(n), e) for i, p, t, o, n, e in
+                zip(part["image_id"], part["path"], part["tar"], part["offset"], part["bytes"], part["error"])]
+    base = Path(root)
+    return [Item(i, p, p if os.path.isabs(p) else str(base / p)) for i, p in zip(part["image_id"], part["path"])]
+
+
 def folder_items(folder: str | os.PathLike) -> list[Item]:
     from .datasets import scan_folder
 
@@ -68,16 +87,32 @@ def folder_items(folder: str | os.PathLike) -> list[Item]:
 class _Images:
     """Map-style dataset for DataLoader workers: decode + preprocess, or the reason it failed."""
 
-    def __init__(self, items: list[Item], preprocess: Callable, exif: bool, max_pixels: int):
+    def __init__(self, items: list[Item], preprocess: Callable, exif: bool, max_pixels: int,
+                 needed: Callable | None = None, encoded: bool = False):
         self.items, self.preprocess, self.exif, self.max_pixels = items, preprocess, exif, max_pixels
+        self.needed = needed  # `decode: draft`: the preprocessor's needed_size
+        self.encoded = encoded  # `decode: gpu`: JPEG bytes, decoded and preprocessed by the main process
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, i: int):
+        it = self.items[i]
         try:
-            img = load_image(self.items[i].abspath, apply_exif=self.exif, max_pixels=self.max_pixels)
-            hw = (img.height, img.width)
+            if it.error:
+                raise ImageError(it.error)
+            if self.encoded:
+                from .device_decode import read_sample
+
+                sample, hw = read_sample(it.abspath, it.offset, it.size, self.exif, self.max_pixels)
+                return i, sample, hw, None
+            if it.offset >= 0:
+                img = load_tar_member(it.abspath, it.offset, it.size, apply_exif=self.exif, max_pixels=self.max_pixels,
+                                      needed=self.needed)
+            else:
+                img = load_image(it.abspath, apply_exif=self.exif, max_pixels=self.max_pixels, needed=self.needed)
+            w, h = full_size(img)
+            hw = (h, w)
             return i, self.preprocess(img), hw, None
         except ImageError as e:
             return i, None, None, str(e)
@@ -89,10 +124,17 @@ class _Collate:
     """Collates the decoded samples of one batch; a dict batch also gets the images' ids under `image_id`
     (forced-boxes mode looks its boxes up by id)."""
 
-    def __init__(self, collate: Callable, items: list[Item]):
+    def __init__(self, collate: Callable, items: list[Item], on_device: Callable | None = None):
         self.collate, self.items = collate, items
+        self.on_device = on_device  # `decode: gpu`: device_decode.DevicePreprocess
 
     def __call__(self, samples):
+        if self.on_device is not None:  # decode + preprocess here; a file that fails becomes a failed sample
+            todo = [k for k, s in enumerate(samples) if s[3] is None]
+            samples = list(samples)
+            for k, done in zip(todo, self.on_device([samples[k][1] for k in todo])):
+                i, _, hw, _ = samples[k]
+                samples[k] = (i, None, None, done) if isinstance(done, str) else (i, done, hw, None)
         ok = [(i, s, hw) for i, s, hw, err in samples if err is None]
         batch = self.collate([s for _, s, _ in ok]) if ok else None
         if isinstance(batch, dict):
@@ -294,6 +336,18 @@ class _Progress:
             self.bar.close()
 
 
+def model_threads(extractor: Extractor, workers: int) -> int:
+    """Torch threads for the forward: on the CPU, the cores the decoding workers leave (at least one), so the
+    workers and the model's threads do not oversubscribe the cores (2 workers + 2 torch threads on 2 cores did);
+    elsewhere torch's own setting. Cores: this process's CPU affinity (a SLURM job's cpuset), else the count."""
+    import torch
+
+    if extractor.device.type != "cpu":
+        return torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - workers)
+
+
 def run_extraction(
     extractor: Extractor,
     items: list[Item],
@@ -328,15 +382,23 @@ def run_extraction(
     print(f"[visfeat] {extractor.preset}: {n} images -> {out} (expected size ~{need / 1e6:.1f} MB, "
           f"free disk {free / 1e9:.1f} GB); fields: {extractor.describe()}", file=sys.stderr, flush=True)
     print(f"[visfeat] device {extractor.device} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}), "
-          f"batch {batch_size}, {workers} workers", file=sys.stderr, flush=True)
+          f"batch {batch_size}, {workers} workers, {model_threads(extractor, workers)} model threads", file=sys.stderr,
+          flush=True)
     if 2 * need > free:
         raise OSError(f"not enough free disk for {out}: expected ~{need / 1e9:.2f} GB (x2 while assembling), "
                       f"{free / 1e9:.2f} GB free")
     if start:
         print(f"[visfeat] resuming after {start} images ({len(flushed)} flushed batches)", file=sys.stderr)
 
-    delay = float(os.environ.get(THROTTLE_ENV, "0") or 0)
-    ds = _Images(items, extractor.preprocessor(), bool(opts.get("exif", True)), int(opts.get("max_pixels")))
+    hook = after_flush
+    pre = extractor.preprocessor()
+    on_device = None
+    if opts.get("decode") == "gpu":
+        from .device_decode import DevicePreprocess
+
+        on_device = DevicePreprocess(pre.tensor_transform(), extractor.device)
+    ds = _Images(items, pre, bool(opts.get("exif", True)), int(opts.get("max_pixels")),
+                 pre.needed_size if opts.get("decode") == "draft" else None, encoded=on_device is not None)
     # Workers decode single images (all of them work on the batch being filled, so the first batch is not one
     # worker's batch_size decodes away); the main process groups them, in order, into fixed batches.
     # worker_start None = the platform default (fork on Linux). Measured on an H100 host with 14 workers, fork
@@ -345,9 +407,13 @@ def run_extraction(
     loader = DataLoader(ds, sampler=range(start, n), batch_size=None, num_workers=workers, collate_fn=_identity,
                         prefetch_factor=max(2, 2 * batch_size // workers) if workers else None,
                         multiprocessing_context=worker_start if workers else None)
-    collate = _Collate(extractor.collate, items)
+    collate = _Collate(extractor.collate, items, on_device)
     fwd = _Forward(extractor, batch_size)
     progress = _Progress(n, start, name or extractor.preset)
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(model_threads(extractor, workers))  # restored after the loop
     t0 = time.time()
     k = len(flushed)
     timing = {"first_batch": 0.0, "wait_images": 0.0, "forward": 0.0, "wait_writer": 0.0}
@@ -368,18 +434,19 @@ def run_extraction(
             timing["forward"] += time.perf_counter() - t
             t = time.perf_counter()
             pending.append(writer.submit(lambda k=k, b=b, outs=outs: parts.write(k, _pack(specs, items, b, outs))))
-            while len(pending) > 2 or (delay and pending):
+            while len(pending) > 2 or (hook is not None and pending):
                 pending.pop(0).result()
             timing["wait_writer"] += time.perf_counter() - t
-            k += 1
             progress.update(b["n_items"])
-            if delay:
-                time.sleep(delay)
+            if hook is not None:
+                hook(k)
+            k += 1
         t = time.perf_counter()
         for f in pending:
             f.result()
         timing["wait_writer"] += time.perf_counter() - t
     progress.close()
+    torch.set_num_threads(threads)
     elapsed = time.time() - t0
 
     attrs = {

@@ -67,11 +67,21 @@ def nms_plus_one(boxes: torch.Tensor, scores: torch.Tensor, thresh: float, suppr
     """NMS with maskrcnn-benchmark's "+1" areas (its csrc nms kernels): torchvision nms on boxes grown by 1 at
     x2/y2, which gives the same IoUs. `suppress_equal`: suppress at IoU >= thresh (the CPU kernel; the CUDA one
     suppresses at >), done as > the float32 just below thresh. Kept indices in score order."""
-    grown = boxes.float() + torch.tensor([0.0, 0.0, 1.0, 1.0], device=boxes.device)
+    return nms(plus_one(boxes), scores.float(), suppression_threshold(thresh, suppress_equal))
+
+
+def plus_one(boxes: torch.Tensor) -> torch.Tensor:
+    """Boxes grown by 1 at x2/y2 (float32): plain IoUs on them are the "+1" IoUs."""
+    return boxes.float() + torch.tensor([0.0, 0.0, 1.0, 1.0], device=boxes.device)
+
+
+def suppression_threshold(thresh: float, suppress_equal: bool = False) -> float:
+    """The `t` of torchvision's `IoU > t` test; `suppress_equal`: the float32 just below `thresh`, so that float32
+    IoUs >= thresh are suppressed."""
     t = float(thresh)
     if suppress_equal:
         t32 = np.float32(thresh)
         if float(t32) < thresh:
             t32 = np.nextafter(t32, np.float32(np.inf))
         t = float(np.nextafter(t32, np.float32(-np.inf)))
-    return nms(grown, scores.float(), t)
+    return t

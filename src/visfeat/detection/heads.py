@@ -32,23 +32,38 @@ class Pooler(nn.Module):
                 ) -> torch.Tensor:
         """`extents`: each image's own (h, w) on a padded batch's map; its RoIs are pooled from that crop, as
         alone (ROIAlign clamps samples at the map's last row/column, so the padding would otherwise leak in)."""
-        return per_image(self._pool, x, rois.to(x.dtype), extents)
+        return per_image(self._pool, x, rois.float(), extents, self.scale)  # float32 coordinates under autocast too
 
     def _pool(self, x: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
         if self.kind == "ROIPool":
-            return roi_pool(x, rois, self.resolution, self.scale)
+            # torchvision's roi_pool has no CPU autocast rule (roi_align has: float32), so by hand
+            return roi_pool(x.float(), rois, self.resolution, self.scale).to(x.dtype)
         return roi_align(x, rois, self.resolution, self.scale, self.sampling_ratio, aligned=self.kind == "ROIAlignV2")
 
 
-def per_image(pool, x: torch.Tensor, rois: torch.Tensor, extents: list[tuple[int, int]] | None) -> torch.Tensor:
-    """pool(x, rois), each image's RoIs on its own crop x[i, :, :h, :w] when `extents` is given."""
+def per_image(pool, x: torch.Tensor, rois: torch.Tensor, extents: list[tuple[int, int]] | None,
+              scale: float) -> torch.Tensor:
+    """pool(x, rois), each image's RoIs as on its own crop x[i, :, :h, :w] when `extents` is given. A RoI that
+    stays more than a map pixel inside its crop (at `scale`) reads nothing beyond it (ROIPool's bins and
+    ROIAlign's bilinear samples lie within the RoI, widened to 1 pixel), so those pool from the whole map in one
+    call, bit for bit as on the crop; only RoIs at a crop's bottom or right edge pool per image."""
     if extents is None or all(tuple(e) == tuple(x.shape[2:]) for e in extents):
         return pool(x, rois)
+    hw = torch.tensor(extents, dtype=torch.float32, device=rois.device)[rois[:, 0].long()]  # (R, 2)
+    r = rois[:, 1:].float() * scale
+    inside = ((torch.maximum(r[:, 2], r[:, 0] + 1) + 1 < hw[:, 1] - 1)
+              & (torch.maximum(r[:, 3], r[:, 1] + 1) + 1 < hw[:, 0] - 1))
     out = None
-    for i, (h, w) in enumerate(extents):
-        idx = torch.nonzero(rois[:, 0] == i).squeeze(1)
-        if not len(idx):
-            continue
+    inner = torch.nonzero(inside).squeeze(1)
+    if len(inner):
+        y = pool(x, rois[inner])
+        out = y.new_zeros((len(rois), *y.shape[1:]))
+        out[inner] = y
+    edge = torch.nonzero(~inside).squeeze(1)
+    images = rois[edge, 0].long()
+    for i in torch.unique(images).tolist():
+        idx = edge[images == i]
+        h, w = extents[i]
         r = rois[idx].clone()
         r[:, 0] = 0
         y = pool(x[i:i + 1, :, :h, :w], r)
@@ -78,7 +93,7 @@ class LevelPooler(nn.Module):
     def forward(self, maps: list[torch.Tensor], rois: torch.Tensor,
                 extents: list[list[tuple[int, int]]] | None = None) -> torch.Tensor:
         """`extents`: per level, each image's own (h, w) on it (see `per_image`)."""
-        rois = rois.to(maps[0].dtype)
+        rois = rois.float()  # float32 coordinates and levels under autocast too (roi_align runs in float32)
         levels = self.levels(rois[:, 1:])
         out = maps[0].new_zeros((len(rois), maps[0].shape[1], self.resolution, self.resolution))
         for lvl, (x, scale) in enumerate(zip(maps, self.scales)):
@@ -86,7 +101,7 @@ class LevelPooler(nn.Module):
             if len(idx):
                 def pool(m, r, scale=scale):
                     return roi_align(m, r, self.resolution, scale, self.sampling_ratio, aligned=False)
-                out[idx] = per_image(pool, x, rois[idx], None if extents is None else extents[lvl])
+                out[idx] = per_image(pool, x, rois[idx], None if extents is None else extents[lvl], scale)
         return out
 
 

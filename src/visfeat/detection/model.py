@@ -83,7 +83,10 @@ class _Common(nn.Module):
         return probs[:, :-1] if self.spec.bg_last and not self.spec.legacy else probs[:, 1:]
 
     def predict(self, head_input: torch.Tensor):
-        return self.roi_heads.box_predictor(head_input)
+        """In float32 even under autocast: its scores and deltas decide the box selections (bf16 logits flip
+        near-tied classes and NMS orders), and it is a small part of the forward."""
+        with torch.autocast(head_input.device.type, enabled=False):
+            return self.roi_heads.box_predictor(head_input.float())
 
 
 class C4Detector(_Common):

@@ -6,6 +6,8 @@ Preprocessing (DataLoader workers, CPU), by preset option `preprocess`:
 - `caffe_float` (VMB, X-LXMERT): float BGR minus the mean, OpenCV-bilinear resize by one factor (numpy
   reimplementation: OpenCV is not a dependency).
 A batch is zero-padded to its largest image (`pad_batch`); `ceil_to` gives each image's own canvas.
+Each preprocessor's `needed_size(w, h)` is its resize rule's output size (what `decode: draft` may decode a JPEG
+down to); sizes and scales follow the full image (`images.full_size`), the resize starts from the pixels given.
 """
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+
+from ..images import full_size
 
 # Named input sizes (shortest edge / longest edge cap).
 SIZES = {
@@ -44,8 +48,12 @@ class DetectorPreprocessor:
         self.mean = np.asarray(mean, np.float32)
         self.std = np.asarray(std, np.float32)
 
+    def needed_size(self, w: int, h: int) -> tuple[int, int]:
+        nh, nw = resized_hw(h, w, self.short, self.max_size)
+        return nw, nh
+
     def __call__(self, image: Image.Image) -> dict[str, Any]:
-        w, h = image.size
+        w, h = full_size(image)
         nh, nw = resized_hw(h, w, self.short, self.max_size)
         # detectron2 ResizeTransform.apply_image: PIL resize of the uint8 image, BILINEAR
         arr = np.asarray(image.resize((nw, nh), Image.BILINEAR), dtype=np.float32)
@@ -112,18 +120,26 @@ class CaffeFloatPreprocessor:
         self.short, self.max_size, self.mode = short, max_size, mode
         self.mean = np.asarray(mean, np.float64)
 
-    def __call__(self, image: Image.Image) -> dict[str, Any]:
-        im = np.asarray(image, dtype=np.float32)[:, :, ::-1].copy()
-        im -= self.mean  # float32 in place, as `im -= np.array([...])` in the scripts
-        h, w = im.shape[:2]
+    def _sizes(self, w: int, h: int) -> tuple[float, int, int, tuple[float, float]]:
+        """scale, output width and height, and OpenCV's source step per output pixel, for a (w, h) image."""
         scale = caffe_scale(h, w, self.short, self.max_size)
         if self.mode == "floor32":
             nw, nh = int(scale * w), int(scale * h)
             nw, nh = max(32, nw - nw % 32), max(32, nh - nh % 32)
-            out = cv2_linear_resize(im, (nh, nw), (w / nw, h / nh))
-        else:
-            nw, nh = int(np.rint(w * scale)), int(np.rint(h * scale))  # OpenCV saturate_cast rounds
-            out = cv2_linear_resize(im, (nh, nw), (1.0 / scale, 1.0 / scale))
+            return scale, nw, nh, (w / nw, h / nh)
+        nw, nh = int(np.rint(w * scale)), int(np.rint(h * scale))  # OpenCV saturate_cast rounds
+        return scale, nw, nh, (1.0 / scale, 1.0 / scale)
+
+    def needed_size(self, w: int, h: int) -> tuple[int, int]:
+        return self._sizes(w, h)[1:3]
+
+    def __call__(self, image: Image.Image) -> dict[str, Any]:
+        im = np.asarray(image, dtype=np.float32)[:, :, ::-1].copy()
+        im -= self.mean  # float32 in place, as `im -= np.array([...])` in the scripts
+        w, h = full_size(image)
+        scale, nw, nh, (sx, sy) = self._sizes(w, h)
+        # a draft-decoded image holds fewer pixels per full-size pixel: the step shrinks with it (x 1.0 otherwise)
+        out = cv2_linear_resize(im, (nh, nw), (sx * (im.shape[1] / w), sy * (im.shape[0] / h)))
         return {"image": torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32)),
                 "input_hw": torch.tensor([nh, nw]), "orig_hw": torch.tensor([h, w]),
                 "scale": torch.tensor(scale, dtype=torch.float64)}
@@ -138,8 +154,12 @@ class LegacyPreprocessor:
         self.mean = torch.tensor(mean, dtype=torch.float32)[:, None, None]
         self.std = torch.tensor(std, dtype=torch.float32)[:, None, None]
 
+    def needed_size(self, w: int, h: int) -> tuple[int, int]:
+        nh, nw = legacy_resized_hw(h, w, self.short, self.max_size)
+        return nw, nh
+
     def __call__(self, image: Image.Image) -> dict[str, Any]:
-        w, h = image.size
+        w, h = full_size(image)
         nh, nw = legacy_resized_hw(h, w, self.short, self.max_size)
         arr = np.asarray(image.resize((nw, nh), Image.BILINEAR), dtype=np.uint8)
         t = torch.from_numpy(arr.transpose(2, 0, 1).copy()).float().div(255)[[2, 1, 0]] * 255

@@ -31,14 +31,13 @@ and what it needs of the image (`Strategy.image`: `orig_hw`, `short`/`max_size` 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from typing import Callable
 
 import numpy as np
 import torch
 from torchvision.ops import nms
 
-from .boxes import nms_plus_one as boxes_nms_plus_one
+from .boxes import plus_one as grown_plus_one, suppression_threshold
 from .preprocess import caffe_scale
 
 
@@ -91,8 +90,7 @@ def perclass(proposals, probs, class_boxes, *, orig_hw: tuple[int, int], short: 
     dets = proposals.float() / caffe_scale(*orig_hw, short, max_size)  # MILVLG get_image_blob's im_scale
     # What decides the selection: max_conf >= conf_thresh, or the min_boxes best when fewer pass.
     floor = min(conf_thresh, _kth_lower_bound(probs, min_boxes))
-    survived = nms_survivors(dets, probs, partial(boxes_nms_plus_one, thresh=nms_thresh, suppress_equal=True),
-                             floor)
+    survived = nms_survivors(dets, probs, nms_thresh, floor, plus_one=True, suppress_equal=True)
     max_conf = (probs * survived).amax(1)
     keep = torch.nonzero(max_conf >= conf_thresh).flatten()
     if len(keep) < min_boxes:
@@ -108,7 +106,7 @@ def nms_filter(proposals, probs, class_boxes, *, min_boxes: int = 10, max_boxes:
                conf_thresh: float = 0.2, nms_thresh: float = 0.3) -> Selection:
     # What decides the selection: best >= conf_thresh, or the min_boxes best when fewer pass.
     floor = min(conf_thresh, _kth_lower_bound(probs, min_boxes))
-    survived = nms_survivors(class_boxes.float(), probs, partial(_plain_nms, thresh=nms_thresh), floor)
+    survived = nms_survivors(class_boxes, probs, nms_thresh, floor)
     best, cls = (probs * survived).max(1)
     cand = torch.nonzero(best).flatten()
     best, cls = best[cand], cls[cand]
@@ -125,7 +123,7 @@ def vmb(proposals, probs, class_boxes, *, scale: float, max_boxes: int = 100, co
     dets = proposals.float() / scale
     # What decides the selection: the max_boxes best max_conf (and which of them are nonzero).
     floor = max(conf_thresh, _kth_lower_bound(probs, max_boxes, conf_thresh))
-    survived = nms_survivors(dets, probs, partial(boxes_nms_plus_one, thresh=nms_thresh), floor)
+    survived = nms_survivors(dets, probs, nms_thresh, floor, plus_one=True)
     max_conf = (probs * (survived & (probs > conf_thresh))).amax(1)
     order = torch.argsort(max_conf, descending=True, stable=True)[:max_boxes]
     conf, cls = probs[order].max(1)
@@ -139,29 +137,80 @@ def topk(proposals, probs, class_boxes, *, max_boxes: int = 100) -> Selection:
     return Selection(keep, proposals[keep], cls[keep], conf[keep])
 
 
-def nms_survivors(boxes: torch.Tensor, probs: torch.Tensor, nms_fn, floor: float = 0.0) -> torch.Tensor:
+def nms_survivors(boxes: torch.Tensor, probs: torch.Tensor, thresh: float, floor: float = 0.0, *,
+                  plus_one: bool = False, suppress_equal: bool = False) -> torch.Tensor:
     """(P, C) bool: which (proposal, class) pairs survive their class's NMS, the originals' loop
-    `for c in classes: keep = nms(boxes[:, c], probs[:, c])`; `boxes` (P, 4) shared or (P, C, 4) per class.
+    `for c in classes: keep = nms(boxes[:, c], probs[:, c], thresh)`; `boxes` (P, 4) shared or (P, C, 4) per
+    class; `plus_one`: maskrcnn-benchmark's "+1" areas, `suppress_equal`: suppress at IoU >= thresh (both as
+    `boxes.nms_plus_one`).
 
     Exact for every pair scoring >= `floor`; pairs below it count as suppressed. Why that is enough, and fast:
     greedy NMS suppresses a box only by higher-scoring ones, so the fate of each pair scoring >= floor is decided
     among such pairs alone (the same IoUs), and each selection here only looks at scores >= its floor. So NMS runs
-    only for classes with two or more such pairs, on those pairs; a class with one keeps it (1600 NMS calls over
-    all proposals become a few small ones). Equal scores within a class are ordered as torchvision's sort orders
-    them, as in any one NMS call."""
+    on those pairs only, all classes at once (`batched_nms`: no per-class loop, so no wait for the device per
+    class)."""
     cand = probs >= floor
+    cls_idx, box_idx = torch.nonzero(cand.t(), as_tuple=True)  # grouped by class, proposals ascending
+    pair_boxes = (boxes[box_idx] if boxes.dim() == 2 else boxes[box_idx, cls_idx]).float()
+    if plus_one:
+        pair_boxes = grown_plus_one(pair_boxes)
+    kept = batched_nms(pair_boxes, probs[box_idx, cls_idx].float(), cls_idx,
+                       suppression_threshold(thresh, suppress_equal))
     survived = torch.zeros_like(cand)
-    cls_idx, box_idx = torch.nonzero(cand.t(), as_tuple=True)  # grouped by class
-    single = cand.sum(0)[cls_idx] == 1
-    survived[box_idx[single], cls_idx[single]] = True
-    classes, sizes = torch.unique_consecutive(cls_idx, return_counts=True)
-    start = 0
-    for c, n in zip(classes.tolist(), sizes.tolist()):
-        if n > 1:
-            rows = box_idx[start:start + n]
-            survived[rows[nms_fn(boxes[rows] if boxes.dim() == 2 else boxes[rows, c], probs[rows, c])], c] = True
-        start += n
+    survived[box_idx[kept], cls_idx[kept]] = True
     return survived
+
+
+def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, thresh: float,
+                budget: int = 1 << 21) -> torch.Tensor:
+    """(n,) bool: the pairs that torchvision's CPU `nms(boxes[g], scores[g], thresh)` keeps, for every group g
+    at once. Exact, which `torchvision.ops.batched_nms` is not: its coordinate offsets (float32) round the boxes
+    and so the IoUs. Each group's greedy NMS, in the kernel's order (scores descending, equal scores by
+    position: its stable sort) with its float32 IoU arithmetic (`_overlaps`), is the unique fixed point of
+    `kept[j] = no kept i before j overlaps j` (suppression only runs forward in that order), reached by
+    iterating from all kept in as many steps as the longest suppression chain. Groups run in chunks of
+    similar size, padded, `budget` IoUs each: one host synchronisation per iteration and chunk."""
+    kept = torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
+    if not len(scores):
+        return kept
+    order = torch.argsort(scores, descending=True, stable=True)
+    order = order[torch.argsort(groups[order], stable=True)]  # by group; in each, the kernel's order
+    sizes = torch.unique_consecutive(groups[order], return_counts=True)[1]
+    starts = torch.cumsum(sizes, 0) - sizes
+    kept[order[starts[sizes == 1]]] = True  # a group of one keeps it
+    big = torch.nonzero(sizes > 1).flatten()
+    big = big[torch.argsort(sizes[big], descending=True)]
+    big_sizes = sizes[big].tolist()  # the one synchronisation for the layout
+    at = 0
+    while at < len(big):
+        n = big_sizes[at]
+        g = max(1, budget // (n * n))
+        chunk = big[at:at + g]
+        at += g
+        pos = torch.arange(n, device=scores.device)
+        valid = pos < sizes[chunk, None]
+        idx = order[torch.where(valid, starts[chunk, None] + pos, 0)]  # (G, n) pairs in the kernel's order
+        later = torch.ones(n, n, dtype=torch.bool, device=scores.device).triu(1)
+        suppresses = (_overlaps(boxes[idx], thresh) & later & valid[:, None, :]).float()  # [i, j]: i hides j
+        keep = valid
+        while True:
+            step = valid & (torch.bmm(keep.float()[:, None, :], suppresses)[:, 0] == 0)
+            if torch.equal(step, keep):
+                break
+            keep = step
+        kept[idx[keep]] = True
+    return kept
+
+
+def _overlaps(b: torch.Tensor, thresh: float) -> torch.Tensor:
+    """(G, n, 4) -> (G, n, n) IoU > thresh with torchvision's CPU nms kernel arithmetic: float32 areas,
+    intersection and ratio, compared in double."""
+    x1, y1, x2, y2 = b.unbind(-1)
+    area = (x2 - x1) * (y2 - y1)
+    w = (torch.minimum(x2[:, :, None], x2[:, None, :]) - torch.maximum(x1[:, :, None], x1[:, None, :])).clamp(min=0)
+    h = (torch.minimum(y2[:, :, None], y2[:, None, :]) - torch.maximum(y1[:, :, None], y1[:, None, :])).clamp(min=0)
+    inter = w * h
+    return (inter / (area[:, :, None] + area[:, None, :] - inter)).double() > thresh
 
 
 def _kth_lower_bound(probs: torch.Tensor, k: int, above: float = 0.0) -> float:
@@ -175,10 +224,6 @@ def _kth_lower_bound(probs: torch.Tensor, k: int, above: float = 0.0) -> float:
     top = torch.where(unique & (top > above), top, torch.zeros_like(top))
     bound = torch.zeros(len(probs), dtype=probs.dtype, device=probs.device).scatter_reduce_(0, arg, top, "amax")
     return float(bound.topk(k).values[-1])
-
-
-def _plain_nms(boxes: torch.Tensor, scores: torch.Tensor, thresh: float) -> torch.Tensor:
-    return nms(boxes, scores.float(), thresh)
 
 
 def select(name: str, proposals, probs, class_boxes, **kwargs) -> Selection:

@@ -3,6 +3,10 @@
 Contract:
 - `preprocessor()` returns the picklable callable (no model inside) that DataLoader workers run on the CPU:
   8-bit RGB PIL image in, a dict of tensors out. It must not touch the GPU. `preprocess(image)` calls it.
+  Its `needed_size(w, h)` says what size its resize makes of a (w, h) image, so `decode: draft` can decode
+  JPEGs at a smaller DCT scale; an image so decoded stands for `images.full_size(image)`, which sizes and box
+  scales must use instead of `image.size`. A `TransformPreprocessor` also gives `tensor_transform()`, the same
+  steps on a uint8 tensor on the model's device (`decode: gpu`, device_decode.py).
 - `collate(samples)` turns a list of those dicts into one batch (default: stack each key).
 - `forward(batch)` runs the model on `self.device` and returns one dict of numpy arrays per image, with exactly
   the fields of `fields()` (float32 unless the spec says otherwise).
@@ -13,8 +17,11 @@ Contract:
   images so a batch holds similar shapes and little padding. False (fixed-size crops): list order.
 - `set_given_boxes(boxes)`: forced-boxes mode, features for given boxes per image id (None: back to the
   preset's own boxes); presets without it raise ValueError naming the preset.
-- `place(device, amp)` (in the constructor) sets `device` (None: CUDA when available, else CPU) and `amp`
-  (fp16 autocast, CUDA only); `forward` runs its model under `autocast()`.
+- `place(device, amp)` (in the constructor) sets `device` (None: CUDA when available, else CPU) and `amp`;
+  `forward` runs its model under `autocast()`: with `amp`, fp16 autocast on CUDA, bf16 on the CPU (float16
+  matmuls are slow there, bf16 ones native on CPUs with AVX512-BF16/AMX). Whatever runs under it, a forward
+  returns float32 arrays, and what decides box selections (RoI coordinates, scores, regressed boxes, NMS) stays
+  float32: torchvision's autocast rules run nms and roi_align in float32 (docs/presets.md "Precision").
 """
 from __future__ import annotations
 
@@ -40,6 +47,31 @@ class TransformPreprocessor:
     def __call__(self, image) -> dict[str, Any]:
         return {self.key: self.transform(image)}
 
+    def tensor_transform(self) -> Callable:
+        """The same transform on a uint8 (3, H, W) tensor on any device (`decode: gpu`): ToTensor becomes a
+        float conversion (/255), the others run on tensors as they are."""
+        from torchvision.transforms import Compose, ConvertImageDtype, ToTensor
+
+        steps = getattr(self.transform, "transforms", [self.transform])
+        return Compose([ConvertImageDtype(torch.float32) if isinstance(t, ToTensor) else t for t in steps])
+
+    def needed_size(self, w: int, h: int) -> tuple[int, int]:
+        """The size the transform's leading `Resize` makes of a (w, h) image; (w, h) when it has none."""
+        from torchvision.transforms import Resize
+
+        first = getattr(self.transform, "transforms", [self.transform])[0]
+        if not isinstance(first, Resize):
+            return w, h
+        size = [first.size] if isinstance(first.size, int) else list(first.size)
+        if len(size) == 2:  # (h, w): that size whatever the aspect
+            return size[1], size[0]
+        # torchvision functional._compute_resized_output_size: shorter side to size, the longer one truncated
+        short, long = min(w, h), max(w, h)
+        new_short, new_long = size[0], int(size[0] * long / short)
+        if first.max_size is not None and new_long > first.max_size:
+            new_short, new_long = int(first.max_size * new_short / new_long), first.max_size
+        return (new_short, new_long) if w <= h else (new_long, new_short)
+
 
 class Extractor(ABC):
     preset: str
@@ -50,13 +82,18 @@ class Extractor(ABC):
     group_by_aspect: bool = False  # batches by similar shape (see the module docstring)
 
     def place(self, device: str | torch.device | None, amp: bool) -> None:
-        """Where the model runs: `device`, or CUDA when there is one; fp16 autocast only on CUDA."""
+        """Where the model runs: `device`, or CUDA when there is one; `amp`: autocast there (`amp_dtype`)."""
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.amp = amp and self.device.type == "cuda"
+        self.amp = bool(amp)
+
+    @property
+    def amp_dtype(self) -> torch.dtype:
+        """bf16 on the CPU (its fp16 kernels are slow; bf16 keeps fp32's range), fp16 on accelerators."""
+        return torch.bfloat16 if self.device.type == "cpu" else torch.float16
 
     def autocast(self) -> AbstractContextManager:
-        """The forward's precision: fp16 autocast when `amp`, else full precision."""
-        return torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp)
+        """The forward's precision: `amp_dtype` autocast when `amp`, else full precision."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp)
 
     @abstractmethod
     def fields(self) -> list[FieldSpec]: ...

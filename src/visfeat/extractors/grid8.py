@@ -8,7 +8,8 @@ independently (scale: 800 short / 1333 long, Caffe's rule), no padding; an 8x8 g
 
 Differences from the script, on purpose: RGBA and grey images are converted to RGB first (the script would
 fail on RGBA); images of different sizes share a batch (zero-padded, each masked to its own extent, so the
-result equals a batch of one, which is all the script allows).
+result equals a batch of one, which is all the script allows); on the CPU only images of equal size share a
+forward (`detector.group_sizes`).
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import torch
 from ..detection.model import FPNDetector
 from ..detection.preprocess import SIZES, CaffeFloatPreprocessor, pad_batch
 from .base import Extractor, FieldSpec
-from .detector import build_extractor
+from .detector import build_extractor, by_size, group_sizes
 
 
 def grid_boxes(h: int, w: int, n: int) -> np.ndarray:
@@ -36,6 +37,7 @@ class Grid8Extractor(Extractor):
     def __init__(self, preset: str, model: FPNDetector, options: dict[str, Any], device, amp: bool, sha: str | None):
         self.preset, self.config, self.weights_sha256 = preset, dict(options), sha
         self.place(device, amp)
+        self.group_sizes = group_sizes(self.device)
         self.model = model.to(self.device).eval()
         if options["size"] not in SIZES:
             raise ValueError(f"{preset}: size {options['size']!r} unknown; named sizes: {', '.join(SIZES)}")
@@ -52,8 +54,12 @@ class Grid8Extractor(Extractor):
         return {"image": pad_batch([s["image"] for s in samples]),
                 "input_hw": torch.stack([s["input_hw"] for s in samples])}
 
-    @torch.inference_mode()
     def forward(self, batch: dict[str, Any]) -> list[dict[str, np.ndarray]]:
+        return by_size(self._forward, batch, [tuple(int(v) for v in hw) for hw in batch["input_hw"]],
+                       self.group_sizes)
+
+    @torch.inference_mode()
+    def _forward(self, batch: dict[str, Any]) -> list[dict[str, np.ndarray]]:
         images = batch["image"].to(self.device, non_blocking=True)
         in_hw = [tuple(int(v) for v in hw) for hw in batch["input_hw"]]
         boxes = [torch.from_numpy(grid_boxes(h, w, self.n)).to(self.device) for h, w in in_hw]

@@ -107,6 +107,8 @@ def build(preset, weights: str | None, device, amp: bool, options: dict[str, Any
     state = backbone_state(read_state_dict(path), path)
     o = options
     base = ResNetSpec(stride_in_1x1=o["stride_in_1x1"], caffe_maxpool=False, res5_dilation=o["res5_dilation"])
-    model = ResNet(infer_resnet(state, base, path), last=5)
+    with torch.device("meta"):  # no random init to overwrite: every tensor comes from the checkpoint (strict)
+        model = ResNet(infer_resnet(state, base, path), last=5)
+    model = model.to_empty(device="cpu")
     load_strict(model, state, path, "the ResNet backbone")
     return GridFeatsExtractor(preset.name, model, options, device, amp, sha)

@@ -14,7 +14,23 @@ COMMON_OPTIONS: dict[str, Any] = {
     # extractors, which read pixels with PIL and ignore it. False = like those originals.
     "exif": True,
     "max_pixels": 178_956_970,  # refuse larger images (decompression bombs) with a recorded reason
+    # JPEG decoding: "pil" decodes every pixel (the originals' path); "draft" decodes at the smallest DCT scale
+    # (1/2, 1/4, 1/8) still at least the size the preset resizes to, then resizes as "pil" does; "gpu" decodes
+    # batches of JPEGs on the model's device and preprocesses there (docs/presets.md "Decode modes")
+    "decode": "pil",
 }
+DECODE_MODES = ("pil", "draft", "gpu")
+GPU_DECODE_FAMILIES = ("clip", "timm")  # the torchvision-transform presets (CLIP, effnet, VISSL)
+
+
+def check_common(options: dict[str, Any], family: str) -> None:
+    """The common options' values (every preset has them); raises ValueError naming the allowed ones."""
+    decode = options.get("decode", "pil")
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode {decode!r} unknown; decode modes: {', '.join(DECODE_MODES)}")
+    if decode == "gpu" and family not in GPU_DECODE_FAMILIES:
+        raise ValueError("decode 'gpu' is for the CLIP, effnet and VISSL presets (tensor preprocessing); "
+                         "this preset takes pil or draft")
 
 # How many rows a ragged group has per image, as the field descriptions write it.
 ROWS = {"regions": "K", "cells": "H*W"}

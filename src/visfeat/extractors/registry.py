@@ -8,18 +8,20 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .preset import COMMON_OPTIONS, PRESETS, Preset
+from .preset import COMMON_OPTIONS, PRESETS, Preset, check_common
 
 __all__ = ["COMMON_OPTIONS", "PRESETS", "Preset", "check_options", "get_preset", "load_extractor", "presets",
            "resolve_options"]
 
 
 def check_options(name: str, options: dict[str, Any] | None = None) -> None:
-    """Run the preset's own option check (if any) on its resolved options; raises ValueError naming the problem."""
+    """Check the common options and run the preset's own check (if any) on the resolved options; raises
+    ValueError naming the problem."""
     p = get_preset(name)
+    resolved = resolve_options(name, options)  # checks the common options' values
     if p.check:
         module, func = p.check.split(":")
-        getattr(importlib.import_module(module), func)(resolve_options(name, options))
+        getattr(importlib.import_module(module), func)(resolved)
 
 
 def get_preset(name: str) -> Preset:
@@ -43,6 +45,7 @@ def resolve_options(name: str, options: dict[str, Any] | None = None) -> dict[st
         if k not in merged:
             raise KeyError(f"preset {name!r} has no option {k!r}; options: {', '.join(sorted(merged))}")
         merged[k] = v
+    check_common(merged, p.family)
     return merged
 
 
