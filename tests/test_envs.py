@@ -104,7 +104,7 @@ def rules():
             if not m or "shell:" not in block:
                 continue
             conda = re.search(r"conda:\s*\n\s*(\S+)", block).group(1)
-            cmd = re.search(r"\{params\.visfeat\} ([\w-]+)", block).group(1)
+            cmd = re.search(r'visfeat\(\s*"([\w-]+)', block).group(1)  # shell: visfeat("SUBCOMMAND ...") (common.smk)
             out.append((m.group(1), None if "get_extract_env" in conda else conda.strip('"'), cmd))
     return out
 
