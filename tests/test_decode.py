@@ -244,15 +244,20 @@ def test_detector_draft_end_to_end_keeps_the_full_image_geometry(large, tmp_path
         print(f"butd {i} (tiny random weights): boxes found {found:.2f}, mean feature cosine on pil's boxes {cos:.4f}")
 
 
-def test_corrupt_jpeg_under_draft_is_a_recorded_failure(tmp_path):
-    """1280x960: effnet's draft decodes these at 1/2, so the scaled decoder is the one that meets the damage."""
-    src = jpegs(tmp_path / "src", (1280, 960))
+def damaged_jpegs(tmp_path: Path, size: tuple[int, int]) -> Path:
+    """A folder with one good JPEG of `size`, the same file cut in half, and one with garbage after its header."""
+    data = (jpegs(tmp_path / "src", size) / "chelsea.jpg").read_bytes()
     d = tmp_path / "img"
     d.mkdir()
-    data = (src / "chelsea.jpg").read_bytes()
     (d / "good.jpg").write_bytes(data)
     (d / "truncated.jpg").write_bytes(data[: len(data) // 2])
     (d / "garbage.jpg").write_bytes(data[:200] + bytes(range(256)) * 8)
+    return d
+
+
+def test_corrupt_jpeg_under_draft_is_a_recorded_failure(tmp_path):
+    """1280x960: effnet's draft decodes these at 1/2, so the scaled decoder is the one that meets the damage."""
+    d = damaged_jpegs(tmp_path, (1280, 960))
     s = extract("effnet-lite0", None, d, tmp_path / "e.h5", workers=2, decode="draft")  # through worker processes
     failed = dict(s.failed)
     assert set(failed) == {"truncated", "garbage"} and "good" in s
@@ -287,13 +292,7 @@ def test_gpu_decode_on_cpu_tensors_within_bound(family, tiny_vit, tmp_path):
 
 
 def test_corrupt_jpeg_under_gpu_is_a_recorded_failure(tmp_path):
-    src = jpegs(tmp_path / "src", (640, 480))
-    d = tmp_path / "img"
-    d.mkdir()
-    data = (src / "chelsea.jpg").read_bytes()
-    (d / "good.jpg").write_bytes(data)
-    (d / "truncated.jpg").write_bytes(data[: len(data) // 2])
-    (d / "garbage.jpg").write_bytes(data[:200] + bytes(range(256)) * 8)
+    d = damaged_jpegs(tmp_path, (640, 480))
     (d / "notjpeg.jpg").write_bytes(b"not an image at all")
     Image.open(d / "good.jpg").convert("CMYK").save(d / "cmyk.jpg", quality=90)  # PIL decodes what torch may not
     s = extract("effnet-lite0", None, d, tmp_path / "e.h5", workers=2, decode="gpu")  # bytes through workers
