@@ -108,3 +108,50 @@ def test_truncated_tar_is_rows_that_fail_never_an_error(tmp_path, cut):
         with pytest.raises(ImageError, match="truncated tar"):
             load_tar_member(items["k1"].abspath, items["k1"].offset, items["k1"].size)
     assert shard_of(df, 1, 0)["image_id"].tolist() == df["image_id"].tolist()
+
+
+def test_text_embeds_the_manifest_captions(tmp_path, tiny_clip):
+    """`text: {name: {dataset: D}}`: the samples' txt members, as img2dataset writes them, are the captions; the
+    embeddings equal those of the same captions given as an image_id<TAB>caption file."""
+    import h5py
+
+    from visfeat.datasets import write_manifest
+    from visfeat.text import embed_captions, read_captions
+
+    write_tar(tmp_path / "00000.tar", {"k0": img2dataset_sample(0, "a cat"), "k1": {"jpg": jpeg(1)},
+                                       "k2": img2dataset_sample(2, "two cups")})
+    manifest = tmp_path / "manifest.parquet"
+    write_manifest(scan_webdataset([str(tmp_path / "00000.tar")]), manifest)
+    assert read_captions(str(manifest)) == [("k0#0", "k0", "a cat"), ("k2#0", "k2", "two cups")]  # k1: no txt
+    (tmp_path / "caps.txt").write_text("k0\ta cat\nk2\ttwo cups\n")
+    for src in (manifest, tmp_path / "caps.txt"):
+        embed_captions("clip-vit-b32", str(src), str(tmp_path / f"{src.stem}.h5"), weights=tiny_clip["vit32"][0],
+                       device="cpu")
+    with h5py.File(tmp_path / "manifest.h5") as a, h5py.File(tmp_path / "caps.h5") as b:
+        assert list(a["caption_id"].asstr()[:]) == list(b["caption_id"].asstr()[:]) == ["k0#0", "k2#0"]
+        np.testing.assert_array_equal(a["text"][:], b["text"][:])
+    write_manifest(scan_webdataset([str(tmp_path / "00000.tar")]).drop(columns=["txt"]), manifest)
+    with pytest.raises(ValueError, match="no `txt` captions"):
+        read_captions(str(manifest))
+
+
+def test_text_of_a_dataset_plans_after_its_manifest_and_needs_captions(tmp_path):
+    import yaml
+    from conftest import copy_workflow, snakemake
+
+    write_tar(tmp_path / "00000.tar", {"k0": img2dataset_sample(0, "a cat")})
+    (tmp_path / "wd").mkdir()
+    wd = copy_workflow(tmp_path / "wd")
+    cfg = {"datasets": {"cc": {"source": "webdataset", "path": str(tmp_path / "00000.tar")},
+                        "folder": {"source": "folder", "path": str(tmp_path)}},
+           "extractors": {"clip-vit-b32": {}},
+           "features": [{"datasets": ["cc"], "extractors": ["clip-vit-b32"]}],
+           "text": {"caps": {"dataset": "cc", "extractors": ["clip-vit-b32"]}}}
+    (wd / "config/config.yaml").write_text(yaml.safe_dump(cfg))
+    p = snakemake(wd, "-n", "results/text/caps/clip-vit-b32.h5")
+    out = p.stdout + p.stderr
+    assert "rule manifest" in out and "rule text_embeddings" in out and "results/cc/manifest.parquet" in out
+    cfg["text"]["caps"]["dataset"] = "folder"
+    (wd / "config/config.yaml").write_text(yaml.safe_dump(cfg))
+    p = snakemake(wd, "-n", check=False)
+    assert p.returncode != 0 and "config: text.caps.dataset: 'folder' has no captions" in p.stdout + p.stderr

@@ -35,6 +35,7 @@ def _key(path) -> str:
 
 
 BUILTIN_SOURCES = ("sample", "folder", "list", "archive", "webdataset")
+CAPTIONED_SOURCES = ("webdataset", "urls")  # sources whose manifest has a `txt` caption per image
 
 
 def load_registry(path: str) -> dict:
@@ -144,7 +145,14 @@ def _check_semantics(cfg: dict, base_dir: str, registry: dict) -> None:
                     raise ConfigError(f"config: kmeans.{name}.{key}: {d!r} is not defined under datasets")
 
     for name, t in cfg.get("text", {}).items():
-        if not os.path.isfile(path_of(t["captions"])):
+        if "dataset" in t:
+            d = cfg["datasets"].get(t["dataset"])
+            if d is None:
+                raise ConfigError(f"config: text.{name}.dataset: {t['dataset']!r} is not defined under datasets")
+            if d.get("source") not in CAPTIONED_SOURCES:
+                raise ConfigError(f"config: text.{name}.dataset: {t['dataset']!r} has no captions (source "
+                                  f"{d.get('source')!r}; captions come with {', '.join(CAPTIONED_SOURCES)} sources)")
+        elif not os.path.isfile(path_of(t["captions"])):
             raise ConfigError(f"config: text.{name}.captions: file {t['captions']} does not exist")
         for e in t["extractors"]:
             if e not in cfg["extractors"]:

@@ -2,8 +2,10 @@
 
 Layout: `caption_id` (N,) utf-8 unique, `image_id` (N,), `caption` (N,), `text` (N, D) float32 (unnormalised,
 like OpenAI-CLIP-Feature clip_textual_feats.py); attributes as the image store (format `visfeat-text`).
-Inputs: Karpathy's dataset_{coco,flickr30k}.json (caption id = sentid, image id = cocoid or the file stem) or a
-text file of `image_id<TAB>caption` lines (caption id = `{image_id}#{k}`).
+Inputs: Karpathy's dataset_{coco,flickr30k}.json (caption id = sentid, image id = cocoid or the file stem), a
+text file of `image_id<TAB>caption` lines (caption id = `{image_id}#{k}`), or a dataset's manifest.parquet whose
+`txt` column holds each sample's caption (webdataset and urls sources, as img2dataset writes them; caption id =
+`{image_id}#0`; samples without a caption are left out).
 """
 from __future__ import annotations
 
@@ -21,6 +23,13 @@ from . import __version__
 def read_captions(path: str) -> list[tuple[str, str, str]]:
     """[(caption_id, image_id, caption)]"""
     p = Path(path)
+    if p.suffix == ".parquet":
+        import pandas as pd
+
+        df = pd.read_parquet(p)
+        if "txt" not in df.columns:
+            raise ValueError(f"{path}: this manifest has no `txt` captions (only webdataset and urls sources carry them)")
+        return [(f"{i}#0", str(i), str(c)) for i, c in zip(df["image_id"], df["txt"].fillna("")) if str(c).strip()]
     if p.suffix == ".json":
         data = json.loads(p.read_text(encoding="utf-8"))
         out = []

@@ -110,6 +110,11 @@ def get_extract_env(wildcards):
     return ENV_OF_FAMILY[get_preset(EXTRACTORS[wildcards.extractor]["preset"]).family]
 
 
+def get_captions(wildcards):
+    t = config["text"][wildcards.name]
+    return f"{R}/{t['dataset']}/manifest.parquet" if "dataset" in t else t["captions"]
+
+
 def get_kmeans_train_stores(wildcards):
     km = config["kmeans"][wildcards.kmeans]
     return [f"{R}/{d}/{km['extractor']}.h5" for d in km["train"]]

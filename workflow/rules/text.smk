@@ -1,7 +1,8 @@
 rule text_embeddings:
-    # CLIP text embeddings of captions, a store of their own keyed by caption id (with its image id).
+    # CLIP text embeddings of captions, a store of their own keyed by caption id (with its image id). The captions
+    # are a file, or a webdataset/urls dataset's manifest (its samples' txt members).
     input:
-        captions=lambda wc: config["text"][wc.name]["captions"],
+        captions=get_captions,
         weights=get_weights,
     output:
         f"{R}/text/{{name}}/{{extractor}}.h5",
