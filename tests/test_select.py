@@ -121,3 +121,14 @@ def test_survivors_prune_most_classes():
     floor = select._kth_lower_bound(probs, 100)
     need = int(((probs >= floor).sum(0) > 1).sum())
     assert floor > 0 and need < 160, (floor, need)
+
+
+@pytest.mark.parametrize("shared", [True, False])
+@pytest.mark.parametrize("opts", [{}, {"plus_one": True, "suppress_equal": True},
+                                  {"plus_one": True, "suppress_equal": True, "kernel_order": True}])
+def test_loop_survivors_equal_unpruned_survivors(shared, opts):
+    """The exact passes of the tie rules (one nms per class) decide every pair as nms_survivors with no floor."""
+    boxes, probs, class_boxes = with_ties(*detections(seed=4, proposals=60, classes=30, peak=1.0))
+    probs = torch.where(probs > 0.05, torch.ones_like(probs), probs)  # saturated: many exact ties
+    b = boxes if shared else class_boxes
+    assert torch.equal(select.loop_survivors(b, probs, 0.3, **opts), select.nms_survivors(b, probs, 0.3, 0.0, **opts))

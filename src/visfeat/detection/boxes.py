@@ -85,3 +85,31 @@ def suppression_threshold(thresh: float, suppress_equal: bool = False) -> float:
             t32 = np.nextafter(t32, np.float32(np.inf))
         t = float(np.nextafter(t32, np.float32(-np.inf)))
     return t
+
+
+def nms_legacy_cpu(boxes: torch.Tensor, scores: torch.Tensor, thresh: float) -> torch.Tensor:
+    """maskrcnn-benchmark's CPU nms kernel (csrc/cpu/nms_cpu.cpp, vqa-maskrcnn-benchmark's too), exactly: boxes
+    visited in `scores.sort(0, descending=True)` order (ATen's on the CPU, not stable: equal scores in its order),
+    float32 "+1" arithmetic as the kernel does it (areas (x2 - x1 + 1) * (y2 - y1 + 1), w = max(0, min x2 - max x1
+    + 1), IoU = inter / (area_i + area_j - inter): for thin or inverted boxes not the IoU of boxes grown by 1),
+    suppressed when IoU >= float32(thresh); kept indices in ASCENDING INDEX order, as the kernel returns them.
+    The greedy pass is the fixed point of `kept[j] = no kept i visited before j suppresses j` (select.batched_nms),
+    on the boxes' device."""
+    device = boxes.device
+    if not len(boxes):
+        return torch.zeros(0, dtype=torch.int64, device=device)
+    order = scores.float().cpu().sort(0, descending=True)[1].to(device)
+    x1, y1, x2, y2 = boxes.float()[order].unbind(1)
+    areas = (x2 - x1 + 1) * (y2 - y1 + 1)
+    zero = torch.zeros((), dtype=torch.float32, device=device)
+    w = torch.maximum(zero, torch.minimum(x2[:, None], x2[None, :]) - torch.maximum(x1[:, None], x1[None, :]) + 1)
+    h = torch.maximum(zero, torch.minimum(y2[:, None], y2[None, :]) - torch.maximum(y1[:, None], y1[None, :]) + 1)
+    inter = w * h
+    over = (inter / (areas[:, None] + areas[None, :] - inter) >= np.float32(thresh)).triu(1).float()  # i hides j
+    keep = torch.ones(len(order), dtype=torch.bool, device=device)
+    while True:
+        step = (keep.float() @ over) == 0
+        if torch.equal(step, keep):
+            break
+        keep = step
+    return order[keep].sort()[0]

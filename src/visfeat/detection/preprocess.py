@@ -3,8 +3,10 @@
 Preprocessing (DataLoader workers, CPU), by preset option `preprocess`:
 - `detectron2` (butd, grid-feats-vqa): ResizeShortestEdge with PIL bilinear on the uint8 image, BGR, minus the mean.
 - `maskrcnn` (VinVL): maskrcnn-benchmark Resize.get_size, PIL bilinear, ToTensor x255 BGR, minus the mean.
-- `caffe_float` (VMB, X-LXMERT): float BGR minus the mean, OpenCV-bilinear resize by one factor (numpy
-  reimplementation: OpenCV is not a dependency).
+- `caffe_float` (VMB, X-LXMERT): float BGR minus the mean, OpenCV-bilinear resize by one factor. Option
+  `resize`: "numpy" (default) = OpenCV's plain C++ path reimplemented, bitwise (OpenCV is not a dependency);
+  "opencv" = `cv2.resize` itself, as the scripts call it, so a build that routes it through Intel IPP (pip's
+  x86-64 wheels) gives the same pixels as the original run with that build.
 A batch is zero-padded to its largest image (`pad_batch`); `ceil_to` gives each image's own canvas.
 Each preprocessor's `needed_size(w, h)` is its resize rule's output size (what `decode: draft` may decode a JPEG
 down to); sizes and scales follow the full image (`images.full_size`), the resize starts from the pixels given.
@@ -88,12 +90,16 @@ def caffe_scale(h: int, w: int, short: int, max_size: int) -> float:
     return scale
 
 
-def _linear_taps(n_out: int, n_in: int, scale: float):
-    """OpenCV INTER_LINEAR source taps for one axis (imgproc/src/resize.cpp): src = (dst + 0.5) * scale - 0.5,
-    clamped to the edges, no antialiasing."""
+def _linear_taps(n_out: int, n_in: int, scale: float, clamp_weight: bool):
+    """OpenCV INTER_LINEAR source taps for one axis (imgproc/src/resize.cpp resize / resizeGeneric_): src =
+    float32((dst + 0.5) * scale - 0.5), no antialiasing. Columns (`clamp_weight`): a tap left of 0 or at/after
+    n_in - 1 becomes that edge pixel with weight 0. Rows: only the two source rows are clamped to the image, the
+    weights stay (the border rows are S0 * (1 - f) + S0 * f, not S0)."""
     f = ((np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
     i0 = np.floor(f).astype(np.int64)
     wgt = f - i0
+    if not clamp_weight:
+        return np.clip(i0, 0, n_in - 1), np.clip(i0 + 1, 0, n_in - 1), wgt.astype(np.float32)
     wgt[i0 < 0] = 0
     i0 = np.clip(i0, 0, n_in - 1)
     wgt[i0 >= n_in - 1] = 0
@@ -101,23 +107,44 @@ def _linear_taps(n_out: int, n_in: int, scale: float):
 
 
 def cv2_linear_resize(arr: np.ndarray, out_hw: tuple[int, int], scale_xy: tuple[float, float]) -> np.ndarray:
-    """cv2.resize(INTER_LINEAR) of a float32 (H, W, C) image, done in numpy (OpenCV is not a dependency):
-    `scale_xy` is OpenCV's source step per output pixel (1 / fx, or in/out sizes when dsize is given)."""
+    """cv2.resize(INTER_LINEAR) of a float32 (H, W, C) image as OpenCV's plain path computes it (no IPP), in
+    numpy: bitwise equal (float32 products and sums, horizontal pass then vertical, no fused multiply-add).
+    `scale_xy` is OpenCV's source step per output pixel: 1 / fx, or 1 / (out / in) when dsize is given."""
     h, w = arr.shape[:2]
-    x0, x1, wx = _linear_taps(out_hw[1], w, scale_xy[0])
-    y0, y1, wy = _linear_taps(out_hw[0], h, scale_xy[1])
+    x0, x1, wx = _linear_taps(out_hw[1], w, scale_xy[0], True)
+    y0, y1, wy = _linear_taps(out_hw[0], h, scale_xy[1], False)
     rows = arr[:, x0] * (1 - wx)[None, :, None] + arr[:, x1] * wx[None, :, None]
     return rows[y0] * (1 - wy)[:, None, None] + rows[y1] * wy[:, None, None]
+
+
+RESIZE = ("numpy", "opencv")
+OPENCV_PIN = "opencv-python-headless==5.0.0.93"  # the build tests/fixtures/vmb_opencv was made with
+
+
+def _cv2():
+    """The cv2 module, or an ImportError that names the package to install."""
+    try:
+        import cv2
+    except ImportError as e:
+        raise ImportError(f"resize 'opencv' calls cv2.resize, and OpenCV is not installed: pip install {OPENCV_PIN} "
+                          "(or resize 'numpy', the default: OpenCV's plain path without OpenCV)") from e
+    return cv2
 
 
 class CaffeFloatPreprocessor:
     """MMF extract_features_vmb.py / X-LXMERT coco_extract_grid_feature.py input: the RGB image as float32,
     to BGR, minus the Caffe mean, then OpenCV bilinear resize of the float image. `mode` "scale": by one factor
     (sides rounded as OpenCV does); "floor32": X-LXMERT grid8, int(scale * side) floored to a multiple of 32 per
-    side. Returns {"image", "input_hw", "orig_hw", "scale"}; the canvas is padded to 32 by the collate."""
+    side. `resize`: "numpy" or "opencv" (module docstring). Returns {"image", "input_hw", "orig_hw", "scale"};
+    the canvas is padded to 32 by the collate."""
 
-    def __init__(self, short: int, max_size: int, mean: tuple[float, float, float], mode: str = "scale"):
-        self.short, self.max_size, self.mode = short, max_size, mode
+    def __init__(self, short: int, max_size: int, mean: tuple[float, float, float], mode: str = "scale",
+                 resize: str = "numpy"):
+        if resize not in RESIZE:
+            raise ValueError(f"resize {resize!r} unknown; resize modes: {', '.join(RESIZE)}")
+        if resize == "opencv":
+            _cv2()  # fail when the extractor is built, not in a loader worker
+        self.short, self.max_size, self.mode, self.resize = short, max_size, mode, resize
         self.mean = np.asarray(mean, np.float64)
 
     def _sizes(self, w: int, h: int) -> tuple[float, int, int, tuple[float, float]]:
@@ -126,20 +153,31 @@ class CaffeFloatPreprocessor:
         if self.mode == "floor32":
             nw, nh = int(scale * w), int(scale * h)
             nw, nh = max(32, nw - nw % 32), max(32, nh - nh % 32)
-            return scale, nw, nh, (w / nw, h / nh)
+            return scale, nw, nh, (1.0 / (nw / w), 1.0 / (nh / h))  # resize.cpp: inv_scale = dsize / ssize
         nw, nh = int(np.rint(w * scale)), int(np.rint(h * scale))  # OpenCV saturate_cast rounds
         return scale, nw, nh, (1.0 / scale, 1.0 / scale)
 
     def needed_size(self, w: int, h: int) -> tuple[int, int]:
         return self._sizes(w, h)[1:3]
 
+    def _opencv(self, im: np.ndarray, scale: float, nw: int, nh: int, full: bool) -> np.ndarray:
+        """cv2.resize called as the scripts call it: MMF with fx = fy = scale, X-LXMERT with dsize. A draft-decoded
+        image (`full` False: fewer pixels than the full size) goes by dsize; those are not the original's pixels."""
+        cv2 = _cv2()
+        if self.mode == "scale" and full:
+            return cv2.resize(im, None, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
+        return cv2.resize(im, (nw, nh), interpolation=cv2.INTER_LINEAR)
+
     def __call__(self, image: Image.Image) -> dict[str, Any]:
         im = np.asarray(image, dtype=np.float32)[:, :, ::-1].copy()
         im -= self.mean  # float32 in place, as `im -= np.array([...])` in the scripts
         w, h = full_size(image)
         scale, nw, nh, (sx, sy) = self._sizes(w, h)
-        # a draft-decoded image holds fewer pixels per full-size pixel: the step shrinks with it (x 1.0 otherwise)
-        out = cv2_linear_resize(im, (nh, nw), (sx * (im.shape[1] / w), sy * (im.shape[0] / h)))
+        if self.resize == "opencv":
+            out = self._opencv(im, scale, nw, nh, im.shape[:2] == (h, w))
+        else:
+            # a draft-decoded image holds fewer pixels per full-size pixel: the step shrinks with it (x 1.0 otherwise)
+            out = cv2_linear_resize(im, (nh, nw), (sx * (im.shape[1] / w), sy * (im.shape[0] / h)))
         return {"image": torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1), dtype=np.float32)),
                 "input_hw": torch.tensor([nh, nw]), "orig_hw": torch.tensor([h, w]),
                 "scale": torch.tensor(scale, dtype=torch.float64)}

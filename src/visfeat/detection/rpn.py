@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import nms
 
-from .boxes import BoxTransform, clip, nms_plus_one, nonempty
+from .boxes import BoxTransform, clip, nms_legacy_cpu, nonempty
 
 
 @dataclass(frozen=True)
@@ -125,8 +125,8 @@ class RPN(nn.Module):
         return (shifts[:, None, :] + cells[None]).reshape(-1, 4)  # (H*W*A, 4), anchors inner
 
     def _nms(self, boxes: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if self.spec.nms_plus_one:
-            return nms_plus_one(boxes, scores, self.spec.nms_thresh)
+        if self.spec.nms_plus_one:  # vqa-maskrcnn-benchmark's own kernel, kept boxes in index (= topk) order
+            return nms_legacy_cpu(boxes, scores, self.spec.nms_thresh)
         return nms(boxes, scores, self.spec.nms_thresh)
 
     def _level(self, lg: torch.Tensor, dl: torch.Tensor, fh: int, fw: int, level: int, hw):
@@ -137,15 +137,18 @@ class RPN(nn.Module):
         if self.spec.legacy:
             lg = lg.sigmoid()  # maskrcnn-benchmark ranks and keeps sigmoid scores
         k = min(self.spec.pre_nms_topk, len(lg))
-        scores, idx = lg.sort(descending=True, stable=True)
-        scores, idx = scores[:k], idx[:k]
+        if self.spec.legacy:  # rpn/inference.py: objectness.topk(pre_nms_top_n, sorted=True), the same op, so
+            scores, idx = lg.topk(k, sorted=True)  # equal (saturated) sigmoids keep the original's order
+        else:
+            scores, idx = lg.sort(descending=True, stable=True)
+            scores, idx = scores[:k], idx[:k]
         anchors = self.anchors(fh, fw, level)[idx]
-        if self.spec.legacy:  # decode, clip to w - 1; remove_small_boxes(min_size 0) keeps all
+        if self.spec.legacy:  # decode, clip to w - 1, remove_small_boxes: "+1" sides >= min_size; with min_size 0
+            # it drops only boxes inverted by rounding (exp(dw) ~ 0: x2 - x1 + 1 one ulp below 0)
             boxes = clip(self.transform.apply(dl[idx], anchors), hw, offset=1)
-            if self.spec.min_size > 0:
-                keep = ((boxes[:, 2] - boxes[:, 0] + 1) >= self.spec.min_size) & (
-                    (boxes[:, 3] - boxes[:, 1] + 1) >= self.spec.min_size)
-                boxes, scores = boxes[keep], scores[keep]
+            keep = ((boxes[:, 2] - boxes[:, 0] + 1) >= self.spec.min_size) & (
+                (boxes[:, 3] - boxes[:, 1] + 1) >= self.spec.min_size)
+            boxes, scores = boxes[keep], scores[keep]
         else:
             boxes = clip(self.transform.apply(dl[idx], anchors), hw)
             keep = nonempty(boxes, self.spec.min_size)
@@ -170,7 +173,11 @@ class RPN(nn.Module):
             boxes, scores = torch.cat(boxes), torch.cat(scores)
             if len(heads) > 1:  # maskrcnn-benchmark select_over_all_levels (test): per image top-k
                 k = min(self.spec.fpn_post_nms_topk, len(scores))
-                scores, idx = scores.sort(descending=True, stable=True)
-                scores, boxes = scores[:k], boxes[idx[:k]]
+                if self.spec.legacy:  # torch.topk(objectness, k, sorted=True): equal scores in the original's order
+                    scores, idx = scores.topk(k, sorted=True)
+                else:
+                    scores, idx = scores.sort(descending=True, stable=True)
+                    scores, idx = scores[:k], idx[:k]
+                boxes = boxes[idx]
             out.append((boxes, scores))
         return out

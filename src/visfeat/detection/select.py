@@ -15,16 +15,17 @@ and what it needs of the image (`Strategy.image`: `orig_hw`, `short`/`max_size` 
   utils/extract_utils.py save_roi_features): the proposals are scaled to the original image by its `im_scale`
   (one factor, get_image_blob's rule: `preprocess.caffe_scale`), NMS per class with maskrcnn-benchmark's "+1" box areas and `>=`
   suppression gives each proposal the best score with which it survives, `max_conf`; keep
-  `max_conf >= conf_thresh`, clamped to [min_boxes, max_boxes] by max_conf. Saved boxes are those scaled
-  proposals (no regression, no clipping).
+  `max_conf >= conf_thresh`, clamped to [min_boxes, max_boxes] by max_conf (equal scores in both the NMS and
+  the clamp ordered by `nms_order`). Saved boxes are those scaled proposals (no regression, no clipping).
 - `nms_filter`: scene_graph_benchmark's NMS_FILTER 1 (VinVL; modeling/roi_heads/box_head/inference.py
   filter_results_peter): per class over all proposals, NMS (torchvision's, plain IoU) at 0.3 on that class's
-  box; each proposal keeps the best class it survived for; sorted, keep score >= `conf_thresh` but at least
+  box; each proposal keeps the best class it survived for; sorted (its unstable torch.sort: equal scores in
+  that sort's order over all candidates), keep score >= `conf_thresh` but at least
   `min_boxes` and at most `max_boxes`. Saved boxes: the class's regressed box (or the proposal when the
   regression is ignored), in input pixels.
 - `vmb`: MMF tools/scripts/features/extract_features_vmb.py: proposals / `scale` (its one im_scale), per
   class NMS 0.5 with vqa-maskrcnn-benchmark's "+1" kernel, `max_conf` updated where a surviving score beats
-  it and `conf_thresh`; the `max_boxes` best by max_conf (stable order), `num_boxes` = how many are nonzero;
+  it and `conf_thresh`; the `max_boxes` best by max_conf (equal ones by `nms_order`), `num_boxes` = how many are nonzero;
   objects = argmax of the foreground probabilities. Saved boxes: those scaled proposals.
 - `topk`: the `max_boxes` proposals with the highest foreground score, no threshold, no NMS.
 """
@@ -83,22 +84,42 @@ def maxnms(proposals, probs, class_boxes, *, min_boxes: int = 36, max_boxes: int
     return Selection(keep, boxes[keep], cls[keep], conf[keep])
 
 
-@strategy("perclass", ("min_boxes", "max_boxes", "conf_thresh", "nms_thresh"), ("orig_hw", "short", "max_size"))
+@strategy("perclass", ("min_boxes", "max_boxes", "conf_thresh", "nms_thresh", "nms_order"),
+          ("orig_hw", "short", "max_size"))
 def perclass(proposals, probs, class_boxes, *, orig_hw: tuple[int, int], short: int, max_size: int,
-             min_boxes: int = 10, max_boxes: int = 100, conf_thresh: float = 0.2, nms_thresh: float = 0.3
-             ) -> Selection:
+             min_boxes: int = 10, max_boxes: int = 100, conf_thresh: float = 0.2, nms_thresh: float = 0.3,
+             nms_order: str = "stable") -> Selection:
+    """`nms_order`: how each class's NMS orders equal scores: "stable" (by position, torchvision's kernels) or
+    "aten" (as MILVLG's compiled CPU kernel does: `kernel_rank`)."""
+    if nms_order not in ("stable", "aten"):
+        raise ValueError(f"perclass: nms_order {nms_order!r}: 'stable' or 'aten'")
     dets = proposals.float() / caffe_scale(*orig_hw, short, max_size)  # MILVLG get_image_blob's im_scale
     # What decides the selection: max_conf >= conf_thresh, or the min_boxes best when fewer pass.
     floor = min(conf_thresh, _kth_lower_bound(probs, min_boxes))
-    survived = nms_survivors(dets, probs, nms_thresh, floor, plus_one=True, suppress_equal=True)
-    max_conf = (probs * survived).amax(1)
+    aten = nms_order == "aten"
+    max_conf = _perclass_max_conf(dets, probs, nms_thresh, floor, aten)
     keep = torch.nonzero(max_conf >= conf_thresh).flatten()
-    if len(keep) < min_boxes:
-        keep = torch.argsort(max_conf, descending=True)[:min_boxes]
-    elif len(keep) > max_boxes:
-        keep = torch.argsort(max_conf, descending=True)[:max_boxes]
+    if len(keep) < min_boxes or len(keep) > max_boxes:
+        k = min_boxes if len(keep) < min_boxes else max_boxes
+        # extract_utils.py: torch.argsort(max_conf, descending=True), NOT stable, on the CPU (its tensors are .cpu()):
+        # equal max_conf (saturated 1.0s) come out in the sort's order, which depends on every value of max_conf
+        order = torch.argsort(max_conf.cpu(), descending=True)
+        if floor > 0 and _ties(max_conf.cpu()[order[:k + 1]]):  # then the exact max_conf of every proposal
+            max_conf = _perclass_max_conf(dets, probs, nms_thresh, None, aten)
+            order = torch.argsort(max_conf.cpu(), descending=True)
+        keep = order[:k].to(probs.device)
     conf, cls = probs[keep].max(1)
     return Selection(keep, dets[keep], cls, conf, original=True)
+
+
+def _perclass_max_conf(dets, probs, nms_thresh: float, floor: float | None, aten: bool) -> torch.Tensor:
+    """MILVLG's max_conf (exact where >= floor; floor None: everywhere): per class, its compiled CPU nms
+    (nms_cpu.cpp: "+1" areas, IoU >= thresh suppresses; `aten`: boxes visited in its `scores.sort(0,
+    descending=True)` order)."""
+    kw = dict(plus_one=True, suppress_equal=True, kernel_order=aten)
+    survived = (loop_survivors(dets, probs, nms_thresh, **kw) if floor is None
+                else nms_survivors(dets, probs, nms_thresh, floor, **kw))
+    return (probs * survived).amax(1)
 
 
 @strategy("nms_filter", ("min_boxes", "max_boxes", "conf_thresh", "nms_thresh"))
@@ -106,28 +127,72 @@ def nms_filter(proposals, probs, class_boxes, *, min_boxes: int = 10, max_boxes:
                conf_thresh: float = 0.2, nms_thresh: float = 0.3) -> Selection:
     # What decides the selection: best >= conf_thresh, or the min_boxes best when fewer pass.
     floor = min(conf_thresh, _kth_lower_bound(probs, min_boxes))
-    survived = nms_survivors(class_boxes, probs, nms_thresh, floor)
-    best, cls = (probs * survived).max(1)
-    cand = torch.nonzero(best).flatten()
-    best, cls = best[cand], cls[cand]
-    order = torch.argsort(best, descending=True, stable=True)
+    cand, best, cls = _best_survived(class_boxes, probs, nms_thresh, floor)
+    # filter_results_peter: torch.sort(scores_pre, descending=True), NOT stable: equal scores (saturated 1.0s)
+    # come out in the sort's order, which depends on every candidate (its introsort on the CPU)
+    order = torch.sort(best, descending=True)[1]
     n = int((best >= conf_thresh).sum())
-    order = order[:min_boxes] if n < min_boxes else order[:min(n, max_boxes)]
+    k = min_boxes if n < min_boxes else min(n, max_boxes)
+    if floor > 0 and _ties(best[order[:k + 1]]):  # then sort exactly the original's candidates: all of them
+        cand, best, cls = _best_survived(class_boxes, probs, nms_thresh, None)
+        order = torch.sort(best, descending=True)[1]
+    order = order[:k]
     keep = cand[order]
     return Selection(keep, class_boxes[keep, cls[order]], cls[order], best[order])
 
 
-@strategy("vmb", ("max_boxes", "conf_thresh", "nms_thresh"), ("scale",))
+def _best_survived(class_boxes, probs, nms_thresh: float, floor: float | None):
+    """filter_results_peter's candidates: proposals with a class they survive for (exact for scores >= floor;
+    floor None: for all, by the original's own loop of one torchvision nms per class, which on the CPU is much
+    faster than `nms_survivors` over every pair), their best such score and class, in proposal order."""
+    survived = (loop_survivors(class_boxes, probs, nms_thresh) if floor is None
+                else nms_survivors(class_boxes, probs, nms_thresh, floor))
+    best, cls = (probs * survived).max(1)
+    cand = torch.nonzero(best).flatten()
+    return cand, best[cand], cls[cand]
+
+
+def _ties(values: torch.Tensor) -> bool:
+    """Whether sorted `values` hold an equal pair (then their order is the sort algorithm's)."""
+    return bool((values[1:] == values[:-1]).any())
+
+
+@strategy("vmb", ("max_boxes", "conf_thresh", "nms_thresh", "nms_order"), ("scale",))
 def vmb(proposals, probs, class_boxes, *, scale: float, max_boxes: int = 100, conf_thresh: float = 0.0,
-        nms_thresh: float = 0.5) -> Selection:
+        nms_thresh: float = 0.5, nms_order: str = "stable") -> Selection:
+    """`nms_order`: how equal scores are ordered: "stable" (by position) or "aten" (as MMF on the CPU: the fork's
+    nms_cpu.cpp visits each class in `scores.sort(0, descending=True)` order and suppresses at IoU >= thresh, and
+    MMF ranks with `torch.sort(max_conf, descending=True)`, neither stable: equal (saturated) scores in ATen's
+    order, which depends on every value, so it then ranks the exact max_conf of every proposal)."""
+    if nms_order not in ("stable", "aten"):
+        raise ValueError(f"vmb: nms_order {nms_order!r}: 'stable' or 'aten'")
+    aten = nms_order == "aten"
     dets = proposals.float() / scale
     # What decides the selection: the max_boxes best max_conf (and which of them are nonzero).
     floor = max(conf_thresh, _kth_lower_bound(probs, max_boxes, conf_thresh))
-    survived = nms_survivors(dets, probs, nms_thresh, floor, plus_one=True)
-    max_conf = (probs * (survived & (probs > conf_thresh))).amax(1)
-    order = torch.argsort(max_conf, descending=True, stable=True)[:max_boxes]
+    max_conf = _vmb_max_conf(dets, probs, nms_thresh, floor, conf_thresh, aten)
+    if aten:
+        ranked, order = torch.sort(max_conf.cpu(), descending=True)
+        if floor > conf_thresh and _ties(ranked[:max_boxes + 1]):  # then the exact max_conf of every proposal
+            max_conf = _vmb_max_conf(dets, probs, nms_thresh, None, conf_thresh, aten)
+            order = torch.sort(max_conf.cpu(), descending=True)[1]
+        order = order[:max_boxes].to(probs.device)
+    else:
+        order = torch.argsort(max_conf, descending=True, stable=True)[:max_boxes]
     conf, cls = probs[order].max(1)
     return Selection(order, dets[order], cls, conf, original=True, num_boxes=int((max_conf[order] != 0).sum()))
+
+
+def _vmb_max_conf(dets, probs, nms_thresh: float, floor: float | None, conf_thresh: float, aten: bool
+                  ) -> torch.Tensor:
+    """MMF's max_conf: the best score > conf_thresh each proposal survives its class's NMS with ("+1" IoU; `aten`:
+    the fork's CPU kernel order and >= rule). Exact for scores >= floor; floor None (`aten` only): for all, by
+    MMF's own loop of one NMS per class (torchvision's on boxes grown by 1, fed the kernel's visiting order), on
+    the CPU much faster than `nms_survivors` over every pair."""
+    kw = dict(plus_one=True, suppress_equal=aten, kernel_order=aten)
+    survived = (loop_survivors(dets, probs, nms_thresh, **kw) if floor is None
+                else nms_survivors(dets, probs, nms_thresh, floor, **kw))
+    return (probs * (survived & (probs > conf_thresh))).amax(1)
 
 
 @strategy("topk", ("max_boxes",))
@@ -138,11 +203,12 @@ def topk(proposals, probs, class_boxes, *, max_boxes: int = 100) -> Selection:
 
 
 def nms_survivors(boxes: torch.Tensor, probs: torch.Tensor, thresh: float, floor: float = 0.0, *,
-                  plus_one: bool = False, suppress_equal: bool = False) -> torch.Tensor:
+                  plus_one: bool = False, suppress_equal: bool = False, kernel_order: bool = False) -> torch.Tensor:
     """(P, C) bool: which (proposal, class) pairs survive their class's NMS, the originals' loop
     `for c in classes: keep = nms(boxes[:, c], probs[:, c], thresh)`; `boxes` (P, 4) shared or (P, C, 4) per
     class; `plus_one`: maskrcnn-benchmark's "+1" areas, `suppress_equal`: suppress at IoU >= thresh (both as
-    `boxes.nms_plus_one`).
+    `boxes.nms_plus_one`). `kernel_order`: each class's boxes are visited as maskrcnn-benchmark's CPU nms kernel
+    visits them (`kernel_rank`), not in torchvision's stable order; they differ only among equal scores.
 
     Exact for every pair scoring >= `floor`; pairs below it count as suppressed. Why that is enough, and fast:
     greedy NMS suppresses a box only by higher-scoring ones, so the fate of each pair scoring >= floor is decided
@@ -154,26 +220,59 @@ def nms_survivors(boxes: torch.Tensor, probs: torch.Tensor, thresh: float, floor
     pair_boxes = (boxes[box_idx] if boxes.dim() == 2 else boxes[box_idx, cls_idx]).float()
     if plus_one:
         pair_boxes = grown_plus_one(pair_boxes)
+    rank = kernel_rank(probs)[box_idx, cls_idx] if kernel_order else None
     kept = batched_nms(pair_boxes, probs[box_idx, cls_idx].float(), cls_idx,
-                       suppression_threshold(thresh, suppress_equal))
+                       suppression_threshold(thresh, suppress_equal), rank=rank)
     survived = torch.zeros_like(cand)
     survived[box_idx[kept], cls_idx[kept]] = True
     return survived
 
 
+def loop_survivors(boxes: torch.Tensor, probs: torch.Tensor, thresh: float, *, plus_one: bool = False,
+                   suppress_equal: bool = False, kernel_order: bool = False) -> torch.Tensor:
+    """`nms_survivors` exact for every pair, by the originals' own loop: one torchvision nms per class. The exact
+    passes that tie orders need (every candidate's score) use it: over all P x C pairs, one nms per class is much
+    faster on the CPU than `nms_survivors` with no floor (~2 s against ~60 s for 300 x 1600)."""
+    survived = torch.zeros(probs.shape, dtype=torch.bool, device=probs.device)
+    t = suppression_threshold(thresh, suppress_equal)
+    shared = grown_plus_one(boxes.float()) if plus_one and boxes.dim() == 2 else boxes.float()
+    orders = probs.float().cpu().sort(0, descending=True)[1].to(probs.device) if kernel_order else None  # kernel_rank
+    ramp = -torch.arange(len(probs), dtype=torch.float32, device=probs.device)  # nms visits boxes in `orders`
+    for c in range(probs.shape[1]):
+        b = shared if boxes.dim() == 2 else (grown_plus_one(shared[:, c]) if plus_one else shared[:, c])
+        if orders is None:
+            survived[nms(b, probs[:, c].float(), t), c] = True
+        else:
+            o = orders[:, c]
+            survived[o[nms(b[o], ramp, t)], c] = True
+    return survived
+
+
+def kernel_rank(probs: torch.Tensor) -> torch.Tensor:
+    """(P, C) int64: each proposal's position in its class's visiting order in maskrcnn-benchmark's CPU nms kernel
+    (MILVLG bua/caffe/modeling/layers/csrc/nms/nms_cpu.cpp: `scores.sort(0, /* descending=*/true)`): ATen's
+    default sort, which is not stable, so equal scores (saturated 1.0s) come in an order that depends on the whole
+    column. Computed on the CPU, as the kernel runs, whatever device `probs` is on."""
+    order = probs.float().cpu().sort(0, descending=True)[1]
+    rank = torch.empty_like(order)
+    rank.scatter_(0, order, torch.arange(len(order))[:, None].expand_as(order).contiguous())
+    return rank.to(probs.device)
+
+
 def batched_nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, thresh: float,
-                budget: int = 1 << 21) -> torch.Tensor:
+                budget: int = 1 << 21, rank: torch.Tensor | None = None) -> torch.Tensor:
     """(n,) bool: the pairs that torchvision's CPU `nms(boxes[g], scores[g], thresh)` keeps, for every group g
     at once. Exact, which `torchvision.ops.batched_nms` is not: its coordinate offsets (float32) round the boxes
     and so the IoUs. Each group's greedy NMS, in the kernel's order (scores descending, equal scores by
     position: its stable sort) with its float32 IoU arithmetic (`_overlaps`), is the unique fixed point of
     `kept[j] = no kept i before j overlaps j` (suppression only runs forward in that order), reached by
     iterating from all kept in as many steps as the longest suppression chain. Groups run in chunks of
-    similar size, padded, `budget` IoUs each: one host synchronisation per iteration and chunk."""
+    similar size, padded, `budget` IoUs each: one host synchronisation per iteration and chunk. `rank`: each
+    pair's place in its group's visiting order instead (`kernel_rank`)."""
     kept = torch.zeros(len(scores), dtype=torch.bool, device=scores.device)
     if not len(scores):
         return kept
-    order = torch.argsort(scores, descending=True, stable=True)
+    order = torch.argsort(scores, descending=True, stable=True) if rank is None else torch.argsort(rank, stable=True)
     order = order[torch.argsort(groups[order], stable=True)]  # by group; in each, the kernel's order
     sizes = torch.unique_consecutive(groups[order], return_counts=True)[1]
     starts = torch.cumsum(sizes, 0) - sizes

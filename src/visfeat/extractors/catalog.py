@@ -179,6 +179,8 @@ _BUTD_OPTIONS = {
     "nms_start": 0.3,  # maxnms script: np.arange(0.3, 1.0, 0.1); iglue starts at 0.5
     "conf_thresh": 0.2,  # ROI_HEADS.SCORE_THRESH_TEST (used by perclass)
     "nms_thresh": 0.3,  # perclass NMS (bottom-up-attention generate_tsv.py)
+    "nms_order": "aten",  # perclass NMS order of equal scores: MILVLG's compiled CPU nms (nms_cpu.cpp) visits boxes in
+    # ATen's unstable `scores.sort(0, descending=True)` order; "stable": by position (torchvision)
     "attr_softmax": "foreground",  # "foreground": softmax over the 400 attributes (the fork's attribute demo);
     # "all": softmax over all 401 then drop "no attribute" (MILVLG extract_utils.py)
     "keep_cls_prob": False,  # also store the (K, 1601) class probabilities
@@ -334,6 +336,9 @@ register(
 _VMB_OPTIONS = {
     "size": "800/1333",  # extract_features_vmb.py MIN_SIZE / MAX_SIZE
     "preprocess": "caffe_float",  # extract_features_vmb.py _image_transform: float BGR - mean, cv2 INTER_LINEAR
+    # "numpy": OpenCV's plain resize path, bitwise, without OpenCV; "opencv": cv2.resize itself (pip's x86-64
+    # wheels route it through Intel IPP: the pixels of an MMF run with that build; docs/presets.md "Resize")
+    "resize": "numpy",
     "input_format": "BGR",
     "pixel_mean": [102.9801, 115.9465, 122.7717],  # extract_features_vmb.py _image_transform
     "pixel_std": [1.0, 1.0, 1.0],
@@ -361,6 +366,9 @@ _VMB_OPTIONS = {
     "num_classes": 1600,  # ROI_BOX_HEAD.NUM_CLASSES 1601 (with background)
     "selection": "vmb",
     "nms_thresh": 0.5,  # extract_features_vmb.py: nms(dets, cls_scores, 0.5)
+    # equal scores as MMF orders them on the CPU: the fork's csrc/cpu/nms_cpu.cpp and extract_features_vmb.py's
+    # torch.sort(max_conf, descending=True), ATen's unstable sorts ("stable": by position)
+    "nms_order": "aten",
     "conf_thresh": 0.0,  # extract_features_vmb.py --confidence_threshold
     "max_boxes": 100,  # extract_features_vmb.py --num_features
     "keep_cls_prob": True,  # MMF's info cls_prob

@@ -79,7 +79,8 @@ class RegionExtractor(Extractor):
     def preprocessor(self):
         o = self.config
         if self.style == "caffe_float":
-            return CaffeFloatPreprocessor(self.short, self.max_size, tuple(o["pixel_mean"]))
+            return CaffeFloatPreprocessor(self.short, self.max_size, tuple(o["pixel_mean"]),
+                                          resize=o.get("resize", "numpy"))
         if self.style == "maskrcnn":
             return LegacyPreprocessor(self.short, self.max_size, tuple(o["pixel_mean"]), tuple(o["pixel_std"]))
         return DetectorPreprocessor(self.short, self.max_size, tuple(o["pixel_mean"]), tuple(o["pixel_std"]),
@@ -151,7 +152,8 @@ class RegionExtractor(Extractor):
         if scale is None and "scale" in self.strategy.image:  # the preprocessor gave none: the same rule's factor
             scale = caffe_scale(*orig_hw, self.short, self.max_size)
         image = {"orig_hw": orig_hw, "short": self.short, "max_size": self.max_size, "scale": scale}
-        return {**{k: self.config[k] for k in self.strategy.options}, **{k: image[k] for k in self.strategy.image}}
+        opts = {k: self.config[k] for k in self.strategy.options if k in self.config}  # else the strategy's default
+        return {**opts, **{k: image[k] for k in self.strategy.image}}
 
     def _vinvl_attributes(self, feat, sels, canvas) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """scene_graph_benchmark AttributePostProcessor: softmax over A+1, column 0 zeroed, scores <= threshold

@@ -48,7 +48,8 @@ class Grid8Extractor(Extractor):
 
     def preprocessor(self) -> CaffeFloatPreprocessor:
         short, max_size = SIZES[self.config["size"]]
-        return CaffeFloatPreprocessor(short, max_size, tuple(self.config["pixel_mean"]), mode="floor32")
+        return CaffeFloatPreprocessor(short, max_size, tuple(self.config["pixel_mean"]), mode="floor32",
+                                      resize=self.config["resize"])
 
     def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
         return {"image": pad_batch([s["image"] for s in samples]),
