@@ -14,7 +14,17 @@ $(STAMP): requirements.txt pyproject.toml
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
-setup: $(STAMP)
+I2D := .venv-img2dataset
+I2D_STAMP := $(I2D)/.installed
+
+# img2dataset (the `urls` source's downloader) needs pandas<3: its own venv, with envs/img2dataset.yaml's pins
+$(I2D_STAMP): envs/img2dataset.yaml $(STAMP)
+	test -x $(I2D)/bin/python || $(PY) -m venv $(I2D)
+	$(BIN)/python -c "import yaml; d = yaml.safe_load(open('envs/img2dataset.yaml'))['dependencies']; print('\n'.join(next(x['pip'] for x in d if isinstance(x, dict))))" > $(I2D)/requirements.txt
+	$(I2D)/bin/python -m pip install -q -r $(I2D)/requirements.txt
+	touch $(I2D_STAMP)
+
+setup: $(STAMP) $(I2D_STAMP)
 
 run: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH snakemake

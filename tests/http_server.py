@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import threading
+import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -13,6 +14,7 @@ class FileServer:
         self.files = dict(files)
         self.drop_after: dict[str, int] = {}  # path -> bytes sent before the connection is cut (first request)
         self.corrupt: set[str] = set()  # paths served with one byte flipped
+        self.delay: dict[str, float] = {}  # path -> seconds before answering (a client timeout)
         self.requests: list[tuple[str, str | None]] = []
         outer = self
 
@@ -23,6 +25,7 @@ class FileServer:
             def do_GET(self):
                 rng = self.headers.get("Range")
                 outer.requests.append((self.path, rng))
+                time.sleep(outer.delay.get(self.path, 0))
                 data = outer.files.get(self.path)
                 if data is None:
                     self.send_error(404)

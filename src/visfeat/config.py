@@ -34,7 +34,7 @@ def _key(path) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
 
 
-BUILTIN_SOURCES = ("sample", "folder", "list", "archive", "webdataset")
+BUILTIN_SOURCES = ("sample", "folder", "list", "archive", "webdataset", "urls")
 CAPTIONED_SOURCES = ("webdataset", "urls")  # sources whose manifest has a `txt` caption per image
 
 
@@ -84,12 +84,17 @@ def _check_semantics(cfg: dict, base_dir: str, registry: dict) -> None:
             raise ConfigError(f"config: datasets.{name}.source: unknown source {src!r}; built in: "
                               f"{', '.join(BUILTIN_SOURCES)}; registry: {', '.join(registry['datasets'])}")
         need = {"folder": ["path"], "list": ["list", "path"], "archive": ["url", "sha256"],
-                "webdataset": ["path"]}.get(src, [])
+                "webdataset": ["path"], "urls": ["urls"]}.get(src, [])
         for k in need:
             if k not in d:
                 raise ConfigError(f"config: datasets.{name}.{k}: required for source {src}")
         if src == "folder" and not os.path.isdir(path_of(d["path"])):
             raise ConfigError(f"config: datasets.{name}.path: folder {d['path']} does not exist")
+        if src == "urls":
+            if not d["urls"].lower().endswith((".parquet", ".csv", ".tsv")):
+                raise ConfigError(f"config: datasets.{name}.urls: {d['urls']} is not a .parquet, .csv or .tsv file")
+            if not os.path.isfile(path_of(d["urls"])):
+                raise ConfigError(f"config: datasets.{name}.urls: file {d['urls']} does not exist")
         if src == "list":
             if not os.path.isfile(path_of(d["list"])):
                 raise ConfigError(f"config: datasets.{name}.list: file {d['list']} does not exist")

@@ -8,6 +8,7 @@ error naming both files.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -136,24 +137,26 @@ def write_manifest(df, out: str | os.PathLike) -> None:
     tmp.replace(out)
 
 
-def shard_ranges(n: int, shards: int) -> list[tuple[int, int]]:
-    """Balanced contiguous split of n sorted ids into `shards` parts (some empty when n < shards)."""
-    bounds = np.linspace(0, n, shards + 1).round().astype(int)
-    return [(int(bounds[i]), int(bounds[i + 1])) for i in range(shards)]
+def shard_index(image_ids, shards: int) -> np.ndarray:
+    """The shard of each image id: the first 8 bytes of its utf-8 blake2b digest, big-endian, mod `shards`. A hash,
+    not a position in the sorted list, so adding or removing images moves no other image to another shard (an
+    incremental rerun re-extracts only what changed); not Python's hash(), which is salted per process."""
+    return np.fromiter((int.from_bytes(hashlib.blake2b(str(i).encode(), digest_size=8).digest(), "big") % shards
+                        for i in image_ids), np.int64, len(image_ids))
 
 
 def shard_of(manifest, shards: int, index: int):
     """Shard `index` of `shards` of a manifest, as its rows. A manifest with a `shard` column (webdataset: one shard
     per tar, or per `tars_per_shard` tars) says it row by row, in manifest order (each tar read in order); any other
-    manifest is cut into contiguous blocks sorted by image_id (deterministic, stable when rerun; some blocks are
-    empty when there are fewer images than shards)."""
+    manifest's shard holds the images whose id hashes to it (`shard_index`), sorted by image id: deterministic,
+    balanced in expectation, and stable when images are added or removed (some shards are empty when there are
+    few images)."""
     if not 0 <= index < shards:
         raise DatasetError(f"shard index {index} out of range for {shards} shards")
     if "shard" in manifest.columns:
         return manifest[manifest["shard"] == index]
-    df = manifest.sort_values("image_id", kind="stable")
-    a, b = shard_ranges(len(df), shards)[index]
-    return df.iloc[a:b]
+    part = manifest[shard_index(manifest["image_id"], shards) == index]
+    return part.sort_values("image_id", kind="stable")
 
 
 def write_shard(manifest, shards: int, index: int, out_path: str | os.PathLike) -> int:
@@ -295,3 +298,42 @@ def scan_webdataset(tars: list[str], tars_per_shard: int = 1, apply_exif: bool =
     df = pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, "shard", "tar", "offset", "error", "txt", "json"])
     return df.astype({"bytes": "int64", "width": "int32", "height": "int32", "shard": "int64", "offset": "int64"})
 
+
+
+def img2dataset_tars(record: str | os.PathLike) -> list[str]:
+    """The finished tars of a `urls` source, in order, from the record urls.download writes beside them."""
+    import pandas as pd
+
+    folder = Path(record).parent
+    return [str(folder / t) for t in pd.read_csv(record, sep="\t", dtype={"tar": str})["tar"]]
+
+
+def scan_img2dataset(record: str | os.PathLike, shards: int = 1, apply_exif: bool = True):
+    """Manifest of a `urls` source downloaded by img2dataset (urls.download, which writes `record`, the finished
+    tars in order, beside them): the tars read as a webdataset source (scan_webdataset), plus one row per URL that
+    img2dataset could not store (404, timeout, not an image: its NNNNN.parquet has a status and error message for
+    every URL), whose `error` extraction records as the failure. The tars are spread over `shards` extraction shards
+    in contiguous blocks (the tar count is unknown when the workflow is planned)."""
+    import json
+
+    import pandas as pd
+
+    folder, tars = Path(record).parent, img2dataset_tars(record)
+    df = scan_webdataset(tars, 1, apply_exif)
+    failed = []
+    for k, tar in enumerate(tars):
+        name = os.path.basename(tar)
+        part = pd.read_parquet(tar[:-len(".tar")] + ".parquet")
+        for r in part[part["status"] != "success"].to_dict("records"):
+            meta = {c: (None if isinstance(v, float) and v != v else v) for c, v in r.items()}  # NaN -> null
+            failed.append((r["key"], f"{name}/{r['key']}", -1, -1, -1, k, os.path.abspath(tar), -1,
+                           f"img2dataset {r['status']}: {r['error_message']}",
+                           "" if meta.get("caption") is None else str(meta["caption"]), json.dumps(meta, default=str)))
+    if failed:
+        df = pd.concat([df, pd.DataFrame(failed, columns=df.columns)], ignore_index=True)
+        df = df.sort_values("shard", kind="stable").reset_index(drop=True)  # each tar's failures after its members
+    dup = df["image_id"].duplicated(keep=False)
+    if dup.any():
+        raise DatasetError(f"img2dataset keys seen twice in {folder}: {' '.join(df.loc[dup, 'image_id'][:10])}")
+    df["shard"] = df["shard"] * shards // max(1, len(tars))
+    return df.astype({"bytes": "int64", "width": "int32", "height": "int32", "shard": "int64", "offset": "int64"})

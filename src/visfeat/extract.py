@@ -1,11 +1,17 @@
-"""Run one extractor over a list of images into one store, resumably.
+"""Run one extractor over a list of images into one store, resumably and incrementally.
 
 DataLoader workers decode and preprocess while the model runs. Each finished batch is flushed as its own small
 file under `{out}.parts/` (written to a temporary name, then renamed), so a job killed at any instant loses at most
 the batch in flight; rerunning with the same arguments skips the flushed items. Batches are fixed runs of
 `batch_size` consecutive items, so a resumed run computes exactly the batches an uninterrupted one would and
 produces the same file. When all items are done the store is assembled under a temporary name and renamed to
-`out`: the finished file appears atomically, and a finished `out` is never touched again.
+`out`: the finished file appears atomically.
+
+An existing `out` is the previous run's store: exactly up to date (same extractor signature, same images with
+the same content) it is left alone; otherwise its rows (and failures) are reused for every image whose id and
+file sha256 are unchanged under the same extractor signature, only the rest is extracted, and the store is
+assembled anew in item order, so it equals, byte for byte, the store a clean run writes (store.WRITE_BLOCK,
+SOURCE_DATE_EPOCH) wherever the model's output does not depend on which images share a batch.
 """
 from __future__ import annotations
 
@@ -16,7 +22,7 @@ import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,6 +46,42 @@ class Item:
     offset: int = -1  # a tar member: where its data starts in `abspath` (-1: abspath is the image file)
     size: int = -1  # a tar member: its size in bytes
     error: str = ""  # why the manifest already knows this item fails (a sample without an image, a broken tar)
+    sha256: str = ""  # hex sha256 of the image's bytes (with_hashes); "" = not known (never reused)
+
+
+def content_sha256(it: Item) -> str:
+    """sha256 of the image's bytes: the file, or the tar member's bytes; "" for a known failure or an unreadable
+    file (its extraction records why)."""
+    if it.error:
+        return ""
+    h = hashlib.sha256()
+    try:
+        with open(it.abspath, "rb") as f:
+            if it.offset >= 0:
+                f.seek(it.offset)
+                data = f.read(it.size)
+                if len(data) != it.size:
+                    return ""  # the member is cut short: extraction says so
+                h.update(data)
+            else:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+    except OSError:
+        return ""
+    return h.hexdigest()
+
+
+def with_hashes(items: list[Item], threads: int = 8) -> list[Item]:
+    """The items with their content sha256 filled in (hashlib releases the GIL: a few threads read in parallel)."""
+    todo = [k for k, it in enumerate(items) if not it.sha256 and not it.error]
+    if not todo:
+        return items
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        digests = list(pool.map(lambda k: content_sha256(items[k]), todo, chunksize=64))
+    out = list(items)
+    for k, d in zip(todo, digests):
+        out[k] = replace(items[k], sha256=d)
+    return out
 
 
 def default_image_id(relpath: str) -> str:
@@ -215,13 +257,89 @@ class _Forward:
         return out
 
 
-def _signature(extractor: Extractor, items: list[Item], extra: dict[str, Any]) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps({"preset": extractor.preset, "config": extractor.config, "sha": extractor.weights_sha256,
-                         "fields": [asdict(f) for f in extractor.fields()], **extra}, sort_keys=True).encode())
+def extractor_signature(extractor: Extractor, storage_dtype: str, name: str) -> str:
+    """What, besides the image, decides a row: preset, resolved config, weights sha256, fields, storage dtype,
+    instance name and amp (autocast changes the numbers). Rows are reused only under the same signature."""
+    return hashlib.sha256(json.dumps({
+        "preset": extractor.preset, "config": extractor.config, "sha": extractor.weights_sha256,
+        "fields": [asdict(f) for f in extractor.fields()], "storage_dtype": storage_dtype, "name": name,
+        "amp": bool(getattr(extractor, "amp", False)),
+    }, sort_keys=True).encode()).hexdigest()
+
+
+def request_digest(preset: str, options: dict[str, Any], weights_sha256: str, amp: bool, storage_dtype: str,
+                   name: str, compression: str | None, given_boxes: str | None) -> str:
+    """What a command asked for, computed without building the model (cli.py: resolved options, the weights
+    file's sha256). A previous store made by the same request has the signature this one would have, so a rerun
+    with nothing to extract never loads the model; visfeat's version stands for the code that builds it."""
+    return hashlib.sha256(json.dumps({
+        "preset": preset, "options": options, "weights": weights_sha256, "amp": bool(amp),
+        "storage_dtype": storage_dtype, "name": name, "compression": compression or "none",
+        "given_boxes": given_boxes, "visfeat": __version__,
+    }, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _parts_signature(signature: str, items: list[Item]) -> str:
+    """The resume state's identity: the extractor signature and the items to compute, in order, with content."""
+    h = hashlib.sha256(signature.encode())
     for it in items:
-        h.update(f"{it.image_id}\t{it.path}\n".encode())
+        h.update(f"{it.image_id}\t{it.path}\t{it.sha256}\n".encode())
     return h.hexdigest()
+
+
+class _Previous:
+    """The store a previous run left at `out`: its signature and, per image id, its row or its failure."""
+
+    def __init__(self, out: Path):
+        from .store import FeatureStore, read_failures
+
+        self.store = FeatureStore(out)
+        a = self.store.attrs
+        self.signature, self.request = str(a.get("signature", "")), str(a.get("request", ""))
+        self.compression = str(a.get("compression", "none"))
+        self.attrs = a
+        h = self.store.h5
+        sha = ([x.decode() for x in h["image_sha256"][()]] if "image_sha256" in h else [""] * len(self.store))
+        self.rows = {i: (k, p, d) for k, (i, p, d) in
+                     enumerate(zip(self.store.ids, h["image_path"].asstr()[()], sha))}
+        self.failed = {i: (r, d) for i, r, d in read_failures(self.store)}
+
+    @staticmethod
+    def open(out: Path) -> "_Previous | None":
+        if not out.exists():
+            return None
+        try:
+            return _Previous(out)
+        except Exception as e:  # not a store, or one cut short: extract everything again
+            print(f"[visfeat] {out} is not a readable store ({type(e).__name__}: {e}): extracting all of it",
+                  file=sys.stderr)
+            return None
+
+    def reusable(self, it: Item, signature: str) -> bool:
+        """A row or failure of the same image content under the same signature."""
+        if not it.sha256 or not self.signature or self.signature != signature:
+            return False
+        if it.image_id in self.rows:
+            return self.rows[it.image_id][2] == it.sha256
+        return it.image_id in self.failed and self.failed[it.image_id][1] == it.sha256
+
+    def current(self, items: list[Item], signature: str, request: str, compression: str | None) -> bool:
+        """Exactly what a run would write now: same signature, request and compression, and the same images
+        (ids, paths, contents; a manifest's known failures with the same reason), nothing more."""
+        if (self.signature != signature or self.request != request or self.compression != (compression or "none")
+                or len(self.rows) + len(self.failed) != len(items)):
+            return False
+        for it in items:
+            if it.error:
+                if self.failed.get(it.image_id, (None,))[0] != it.error:
+                    return False
+            elif not self.reusable(it, signature) or (it.image_id in self.rows
+                                                       and self.rows[it.image_id][1] != it.path):
+                return False
+        return True
+
+    def close(self) -> None:
+        self.store.close()
 
 
 class _Parts:
@@ -351,7 +469,7 @@ def model_threads(extractor: Extractor, workers: int) -> int:
 
 
 def run_extraction(
-    extractor: Extractor,
+    extractor: Extractor | Callable[[], Extractor],
     items: list[Item],
     out: str | os.PathLike,
     batch_size: int = 8,
@@ -359,27 +477,92 @@ def run_extraction(
     name: str | None = None,
     storage_dtype: str = "float32",
     compression: str | None = None,
-    extra_attrs: dict[str, Any] | None = None,
     worker_start: str | None = None,
+    request: str = "",
 ) -> dict[str, Any]:
-    """Extract `items` into the store `out`; resumes from `{out}.parts/`; returns counts and timing."""
+    """Extract `items` into the store `out`, reusing a previous `out`'s rows of unchanged images (module doc);
+    resumes from `{out}.parts/`; returns counts and timing. `extractor` may be a function building it: then it is
+    built only when something needs the model and the previous store was made by another `request`
+    (request_digest)."""
+    out = Path(out)
+    t = time.perf_counter()
+    items = with_hashes(items)
+    t_hash = time.perf_counter() - t
+    name = name or (extractor.preset if isinstance(extractor, Extractor) else None)
+    prev = _Previous.open(out)
+    try:
+        ex = extractor if isinstance(extractor, Extractor) else None
+        if prev is not None and request and prev.request == request:
+            sig = prev.signature  # the same request built the same extractor: decide without building it
+        else:
+            ex = ex or extractor()
+            name = name or ex.preset
+            sig = extractor_signature(ex, storage_dtype, name)
+        if prev is not None and prev.current(items, sig, request, compression):
+            print(f"[visfeat] {out} exists and is up to date ({len(items)} images): nothing to do", file=sys.stderr)
+            return {"images": None, "skipped": True}
+        reused = {it.image_id for it in items if prev is not None and prev.reusable(it, sig)}
+        todo = [it for it in items if it.image_id not in reused and not it.error]
+        if todo and ex is None:
+            ex = extractor()
+            name = name or ex.preset
+            if extractor_signature(ex, storage_dtype, name) != sig:  # the code changed under the same request
+                sig, reused = extractor_signature(ex, storage_dtype, name), set()
+                todo = [it for it in items if not it.error]
+        if prev is not None:
+            print(f"[visfeat] reused {len(reused)} of {len(items)} images from the previous store; extracting "
+                  f"{len(items) - len(reused)}", file=sys.stderr, flush=True)
+        if ex is not None:
+            specs = ex.fields()
+            attrs = _attrs(ex.preset, name, json.dumps(ex.config, sort_keys=True), ex.weights_sha256 or "",
+                           compression, sig, request)
+        else:  # nothing to extract: the previous store says what the extractor is
+            from .store import specs_from_json
+
+            pa = prev.attrs
+            specs = specs_from_json(pa["fields"])
+            attrs = _attrs(pa["preset"], pa["extractor"], pa["config"], pa["weights_sha256"], compression, sig,
+                           request)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        parts = _Parts(out, _parts_signature(sig, todo))
+        res = _extract(ex, todo, parts, batch_size, workers, name, storage_dtype, worker_start, out, len(items)) \
+            if todo else {"seconds": 0.0, "processed": 0, "timing": {}}
+        res["timing"]["hash"] = t_hash
+        t = time.perf_counter()
+        n_ok, n_failed = _assemble(parts, specs, out, attrs, storage_dtype, compression, items, prev,
+                                   reused)
+        parts.remove()
+        res["timing"]["assemble"] = time.perf_counter() - t
+    finally:
+        if prev is not None:
+            prev.close()
+    print(f"[visfeat] done: {n_ok} images, {n_failed} failed, {len(reused)} reused, {res['processed']} processed "
+          f"now in {res['seconds']:.1f} s ({res['processed'] / max(res['seconds'], 1e-9):.2f} img/s); seconds: "
+          + ", ".join(f"{k} {v:.2f}" for k, v in res["timing"].items()), file=sys.stderr, flush=True)
+    return {"images": n_ok, "failed": n_failed, "reused": len(reused), **res}
+
+
+def _attrs(preset: str, name: str, config: str, weights_sha256: str, compression: str | None, signature: str,
+           request: str) -> dict[str, Any]:
+    """A store's attributes, in one order, whether the extractor was built or the previous store named it."""
+    return {"preset": preset, "extractor": name, "config": config, "weights_sha256": weights_sha256,
+            "visfeat_version": __version__, "compression": compression or "none", "signature": signature,
+            "request": request}
+
+
+def _extract(extractor: Extractor, items: list[Item], parts: _Parts, batch_size: int, workers: int, name: str,
+             storage_dtype: str, worker_start: str | None, out: Path, n_store: int) -> dict[str, Any]:
+    """Run the model over `items` into `parts` (resuming after its flushed batches)."""
     from torch.utils.data import DataLoader
 
-    out = Path(out)
-    if out.exists():
-        print(f"[visfeat] {out} exists: nothing to do", file=sys.stderr)
-        return {"images": None, "skipped": True}
-    out.parent.mkdir(parents=True, exist_ok=True)
     specs = extractor.fields()
     opts = extractor.config
     if getattr(extractor, "group_by_aspect", False):
         items = aspect_order(items, batch_size * 32, bool(opts.get("exif", True)))
-    sig = _signature(extractor, items, {"storage_dtype": storage_dtype, "name": name or extractor.preset})
-    parts = _Parts(out, sig)
     flushed, start = parts.scan()
     n = len(items)
 
-    need = expected_bytes(specs, n, storage_dtype)
+    need = expected_bytes(specs, n_store, storage_dtype)
     free = shutil.disk_usage(out.parent).free
     print(f"[visfeat] {extractor.preset}: {n} images -> {out} (expected size ~{need / 1e6:.1f} MB, "
           f"free disk {free / 1e9:.1f} GB); fields: {extractor.describe()}", file=sys.stderr, flush=True)
@@ -391,7 +574,6 @@ def run_extraction(
                       f"{free / 1e9:.2f} GB free")
     if start:
         print(f"[visfeat] resuming after {start} images ({len(flushed)} flushed batches)", file=sys.stderr)
-
     hook = after_flush
     pre = extractor.preprocessor()
     on_device = None
@@ -450,41 +632,79 @@ def run_extraction(
     progress.close()
     torch.set_num_threads(threads)
     elapsed = time.time() - t0
-
-    attrs = {
-        "preset": extractor.preset,
-        "extractor": name or extractor.preset,
-        "config": json.dumps(opts, sort_keys=True),
-        "weights_sha256": extractor.weights_sha256 or "",
-        "visfeat_version": __version__,
-        "compression": compression or "none",
-        **(extra_attrs or {}),
-    }
-    t = time.perf_counter()
-    n_ok, n_failed = _assemble(parts, specs, out, attrs, storage_dtype, compression)
-    parts.remove()
-    timing["assemble"] = time.perf_counter() - t
-    done = n - start
-    print(f"[visfeat] done: {n_ok} images, {n_failed} failed, {done} processed now in {elapsed:.1f} s "
-          f"({done / max(elapsed, 1e-9):.2f} img/s); seconds: "
-          + ", ".join(f"{k} {v:.2f}" for k, v in timing.items()), file=sys.stderr, flush=True)
-    return {"images": n_ok, "failed": n_failed, "seconds": elapsed, "processed": done, "timing": timing}
+    return {"seconds": elapsed, "processed": n - start, "timing": timing}
 
 
 def _assemble(parts: _Parts, specs: list[FieldSpec], out: Path, attrs: dict, storage_dtype: str,
-              compression: str | None) -> tuple[int, int]:
+              compression: str | None, items: list[Item], prev: _Previous | None, reused: set[str]) -> tuple[int, int]:
+    """The store, in item order: each image's row or failure from the previous store (reused), the flushed
+    parts (extracted now) or the manifest (a known failure). Rows go to the writer in runs of consecutive rows
+    of one source; the writer cuts them into fixed blocks, so the bytes do not depend on where they came from."""
+    from .store import read_rows
+
+    new: dict[str, tuple[int, int]] = {}  # image id -> (part, row)
+    new_failed: dict[str, str] = {}
+    files = parts.scan()[0]
+    for k, f in enumerate(files):
+        with np.load(f) as z:
+            new.update((str(i), (k, j)) for j, i in enumerate(z["image_id"]))
+            new_failed.update(zip(map(str, z["failed_id"]), map(str, z["failed_reason"])))
+    cache: dict[int, dict[str, np.ndarray]] = {}
+
+    def part(k: int) -> dict[str, np.ndarray]:
+        if k not in cache:
+            if len(cache) >= 64:  # aspect order permutes rows within windows of 32 batches
+                cache.pop(next(iter(cache)))
+            with np.load(files[k]) as z:
+                arrays = {key: z[key] for key in z.files}
+            for s in specs:
+                if s.ragged and f"off/{s.ragged}" not in arrays:
+                    arrays[f"off/{s.ragged}"] = np.concatenate([[0], np.cumsum(arrays[f"count/{s.ragged}"])])
+            cache[k] = arrays
+        return cache[k]
+
+    def fetch(run: list[Item], source: tuple) -> tuple:
+        """(hw, fields, counts) of a run of consecutive rows of one source."""
+        if source[0] == "prev":
+            r = read_rows(prev.store, source[1], source[1] + len(run))
+            return r.hw, r.fields, r.counts
+        z, a, b = part(source[1]), source[2], source[2] + len(run)
+        counts = {s.ragged: z[f"count/{s.ragged}"][a:b] for s in specs if s.ragged}
+        fields = {s.name: (z[f"field/{s.name}"][z[f"off/{s.ragged}"][a]:z[f"off/{s.ragged}"][b]] if s.ragged
+                           else z[f"field/{s.name}"][a:b]) for s in specs}
+        return z["image_hw"][a:b], fields, counts
+
+    failed: list[tuple[str, str, str]] = []
     n_ok = 0
-    failed_ids: list[str] = []
-    failed_reasons: list[str] = []
     with writing(out, specs, attrs, storage_dtype=storage_dtype, compression=compression) as w:
-        for f in parts.scan()[0]:
-            with np.load(f) as z:
-                ids = [str(x) for x in z["image_id"]]
-                fields = {s.name: z[f"field/{s.name}"] for s in specs}
-                counts = {s.ragged: z[f"count/{s.ragged}"] for s in specs if s.ragged}
-                w.append(ids, [str(x) for x in z["image_path"]], z["image_hw"], fields, counts)
-                failed_ids += [str(x) for x in z["failed_id"]]
-                failed_reasons += [str(x) for x in z["failed_reason"]]
-                n_ok += len(ids)
-        w.add_failures(failed_ids, failed_reasons)
-    return n_ok, len(failed_ids)
+        run: list[Item] = []
+        source: tuple = ()
+
+        def flush() -> None:
+            if run:
+                hw, fields, counts = fetch(run, source)
+                w.append([it.image_id for it in run], [it.path for it in run], hw, fields, counts,
+                         [it.sha256 for it in run])
+
+        for it in items:
+            if it.error:
+                failed.append((it.image_id, it.error, ""))
+                continue
+            if it.image_id in reused and it.image_id in prev.failed:
+                failed.append((it.image_id, prev.failed[it.image_id][0], it.sha256))
+                continue
+            if it.image_id not in reused and it.image_id in new_failed:
+                failed.append((it.image_id, new_failed[it.image_id], it.sha256))
+                continue
+            here = ("prev", prev.rows[it.image_id][0]) if it.image_id in reused else ("part", *new[it.image_id])
+            if run and here == (*source[:-1], source[-1] + len(run)):
+                run.append(it)
+            else:
+                flush()
+                run, source = [it], here
+            n_ok += 1
+        flush()
+        w.add_failures([i for i, _, _ in failed], [r for _, r, _ in failed], [d for _, _, d in failed])
+        if prev is not None:
+            prev.close()  # before the new store replaces it
+    return n_ok, len(failed)

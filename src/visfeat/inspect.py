@@ -17,6 +17,10 @@ def describe(path: str) -> str:
                 lines.append(f"  {k + ':':<11} {a[k]}")
         if "config" in a:
             lines.append(f"  config:     {a['config']}")
+        if a.get("merge") == "virtual":
+            from .virtual_merge import describe_sources
+
+            lines.append(f"  merge:      {describe_sources(f, path)}")
         n = f["image_id"].shape[0]
         lines.append(f"  images:     {n}")
         for name, ds in f.items():

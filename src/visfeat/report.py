@@ -7,6 +7,7 @@ coloured by code. `show`: one image's boxes (or grid) to a PNG.
 """
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from pathlib import Path
@@ -17,20 +18,34 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .images import ImageError, load_image  # noqa: E402
+from .images import ImageError, load_image, load_tar_member  # noqa: E402
 from .store import FeatureStore  # noqa: E402
 from .vocab import WEIGHTS_ROOT  # noqa: E402
 
 _DONE = re.compile(r"\[visfeat\] done: (\d+) images, (\d+) failed, (\d+) processed now in ([\d.]+) s")
 
 
+@functools.lru_cache(maxsize=4)
+def _tar_members(manifest: str) -> dict[str, tuple[str, int, int]]:
+    """image id -> (tar, offset, size) of a tar source's manifest (webdataset, urls)."""
+    import pandas as pd
+
+    df = pd.read_parquet(manifest, columns=["image_id", "tar", "offset", "bytes"])
+    return {i: (t, int(o), int(n)) for i, t, o, n in zip(df["image_id"], df["tar"], df["offset"], df["bytes"]) if o >= 0}
+
+
 def _image(root: str | None, store: FeatureStore, i: int):
+    """The image of row i, to draw under its features: `root` is the dataset root, or for a tar source its
+    manifest.parquet (the image is read in place from its tar). None when it cannot be read."""
     rel = store.h5["image_path"].asstr()[i]
     if root is None or not rel:  # imported (published) stores carry no image paths
         return None
     try:
+        if root.endswith(".parquet"):
+            member = _tar_members(root).get(store.h5["image_id"].asstr()[i])
+            return load_tar_member(*member) if member else None
         return load_image(Path(root) / rel)
-    except (ImageError, OSError):
+    except (ImageError, OSError, KeyError, ValueError):
         return None
 
 

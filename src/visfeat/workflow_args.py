@@ -66,15 +66,27 @@ class WorkflowArgs:
             return d.get("path") or reg.get("local") or f"{self.resources}/archives"
         if d["source"] in ("sample", "archive"):
             return f"{self.resources}/datasets/{dataset}"
-        if d["source"] == "webdataset":  # the manifest holds each tar's absolute path
+        if d["source"] in ("webdataset", "urls"):  # the manifest holds each tar's absolute path
             return "."
         return d["path"]
+
+    def image_root(self, dataset: str) -> str:
+        """Where the report reads a store's images: the dataset root, or for a tar source its manifest (each
+        image is read in place from its tar)."""
+        if self.config["datasets"][dataset]["source"] in ("webdataset", "urls"):
+            return f"{self.results}/{dataset}/manifest.parquet"
+        return self.dataset_root(dataset)
 
     def tars(self, dataset: str) -> list[str]:
         """A webdataset source's tars, in shard order (a pattern expanded, a folder listed: no tar is opened)."""
         if dataset not in self._tars:
             self._tars[dataset] = tar_paths(self.config["datasets"][dataset]["path"])
         return self._tars[dataset]
+
+    def downloaded(self, dataset: str) -> str:
+        """A urls source's record of its finished tars (the download rule's output), written beside img2dataset's
+        tars in resources/datasets/{dataset}/ (a failed download job keeps them: they are not its output)."""
+        return f"{self.resources}/datasets/{dataset}/downloaded.tsv"
 
     def shard_count(self, dataset: str) -> int:
         """How many extraction jobs (shard stores) a dataset has, known without reading any data file: `shards`, or
@@ -95,6 +107,8 @@ class WorkflowArgs:
         if reg is None and d["source"] == "webdataset":
             opts += [("--source", "webdataset"), ("--tars-per-shard", d.get("tars_per_shard", 1))]
             opts += [("--tars", t) for t in (d["path"] if isinstance(d["path"], list) else [d["path"]])]
+        elif reg is None and d["source"] == "urls":
+            opts += [("--source", "urls"), ("--downloaded", self.downloaded(dataset)), ("--shards", d["shards"])]
         elif reg is None:
             opts += [("--source", d["source"]), ("--list", d.get("list") if d["source"] == "list" else None)]
         elif "local" in reg:
@@ -128,6 +142,18 @@ class WorkflowArgs:
         """A registry archive (config/datasets.yaml `archives`)."""
         a = self.registry["archives"][archive]
         return render(self._download(archive, a["url"], a.get("sha256"), a.get("size")))
+
+    def download_urls(self, dataset: str) -> str:
+        """visfeat download-urls: a urls source's list, columns and img2dataset settings (each default img2dataset's
+        own); the rule adds --record (its output), beside which img2dataset writes the tars."""
+        d = self.config["datasets"][dataset]
+        i = d.get("img2dataset", {})
+        return render([("--urls", d["urls"]), ("--out-dir", os.path.dirname(self.downloaded(dataset))),
+                       ("--img2dataset", i.get("executable", "img2dataset")), ("--url-col", d.get("url_col", "url")),
+                       ("--caption-col", d.get("caption_col", "caption")),
+                       ("--urls-per-tar", i.get("urls_per_tar", 10000)), ("--timeout", i.get("timeout", 10)),
+                       ("--retries", i.get("retries", 0)), ("--processes", i.get("processes", 1)),
+                       ("--threads", i.get("threads", 256))])
 
     def download_published(self, published: str) -> str:
         """A published feature file; one that is no archive is placed as it is."""
@@ -168,9 +194,11 @@ class WorkflowArgs:
 
     def merge(self, dataset: str, extractor: str) -> str:
         """visfeat merge: the shard stores as a folder and a count, not one argument each, so the command line stays
-        short whatever the shard count (the rule's input still lists every store, for the DAG)."""
+        short whatever the shard count (the rule's input still lists every store, for the DAG); `merge: virtual`
+        maps the fields onto the shard stores instead of copying them (virtual_merge.py)."""
         return render([("--shard-dir", f"{self.results}/{dataset}/{extractor}/shards"),
-                       ("--shards", self.shard_count(dataset))])
+                       ("--shards", self.shard_count(dataset)),
+                       ("--mode", self.config["datasets"][dataset].get("merge", "copy"))])
 
     # k-means and reports
 
@@ -183,7 +211,7 @@ class WorkflowArgs:
     def report_features(self, dataset: str, extractor: str) -> str:
         """Figures of one store; the extraction logs (rule extract's, as a folder and a count) give the throughput
         per shard."""
-        return render([("--root", self.dataset_root(dataset)),
+        return render([("--root", self.image_root(dataset)),
                        ("--out-dir", f"{self.results}/report/{dataset}/{extractor}"),
                        ("--weights-root", f"{self.resources}/weights"),
                        ("--log-dir", f"logs/extract/{dataset}/{extractor}"), ("--shards", self.shard_count(dataset))])
@@ -194,5 +222,5 @@ class WorkflowArgs:
         opts: Options = [("--out-dir", f"{self.results}/report/kmeans/{kmeans}")]
         if km["assign"]:
             d = km["assign"][0]
-            opts += [("--store", f"{self.results}/kmeans/{kmeans}/{d}.h5"), ("--root", self.dataset_root(d))]
+            opts += [("--store", f"{self.results}/kmeans/{kmeans}/{d}.h5"), ("--root", self.image_root(d))]
         return render(opts)

@@ -57,6 +57,7 @@ wildcard_constraints:
     dataset=_alternatives(DATASETS),
     extractor=_alternatives(EXTRACTORS),
     prepared=_alternatives([d for d, v in DATASETS.items() if v["source"] in ("sample", "archive")]),
+    urls=_alternatives([d for d, v in DATASETS.items() if v["source"] == "urls"]),
     archive=_alternatives(REGISTRY["archives"]),
     kmeans=_alternatives(config["kmeans"]),
     i=r"\d+",
@@ -73,6 +74,8 @@ def get_dataset_input(wildcards):
         return [d["list"]]
     if d["source"] == "webdataset":
         return ARGS.tars(wildcards.dataset)
+    if d["source"] == "urls":  # img2dataset's finished tars (rule download_urls)
+        return [ARGS.downloaded(wildcards.dataset)]
     return [ARGS.dataset_root(wildcards.dataset)]
 
 

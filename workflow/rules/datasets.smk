@@ -45,3 +45,23 @@ rule manifest:
         "../../envs/cpu.yaml"
     shell:
         visfeat("manifest {params.args} --out {output}")
+
+
+rule download_urls:
+    # a urls source: img2dataset downloads the list into webdataset tars (resize_mode no, JPEGs stored as served);
+    # resumable: img2dataset's incremental mode skips finished tars, which live beside the declared output (the
+    # record of finished tars), so a failed or killed job keeps them; a localrule (login nodes have the internet)
+    input:
+        lambda wc: DATASETS[wc.urls]["urls"],
+    output:
+        f"{RES}/datasets/{{urls}}/downloaded.tsv",
+    params:
+        args=lambda wc: ARGS.download_urls(wc.urls),
+    log:
+        "logs/download_urls/{urls}.log",
+    localrule: True
+    retries: 2
+    conda:
+        "../../envs/img2dataset.yaml"
+    shell:
+        visfeat("download-urls {params.args} --record {output}")

@@ -2,11 +2,13 @@ rule extract:
     # One GPU job per shard; it reads its slice of the manifest itself (datasets.shard_of), so a dataset of N
     # shards plans N extraction jobs and no job per shard list. Resume state lives in {output}.parts/ beside the
     # declared output, so a killed or preempted job continues from its last flushed batch when rerun; the .h5
-    # appears only when complete.
+    # appears only when complete. update(): Snakemake keeps the previous store while the job runs (and puts it
+    # back if the job fails), so a rerun after the dataset changed reuses its rows of unchanged images and
+    # extracts only the rest (extract.py); a shard with nothing new does not even load the model.
     input:
         unpack(get_extract_input),
     output:
-        f"{R}/{{dataset}}/{{extractor}}/shards/{{i}}.h5",
+        update(f"{R}/{{dataset}}/{{extractor}}/shards/{{i}}.h5"),
     params:
         # one input function and one params function: Snakemake's cost per planned job grows with their number
         args=lambda wc, input: ARGS.extract_job(wc.dataset, wc.extractor, input.weights, input.boxes),

@@ -1,6 +1,8 @@
 rule merge:
     # Streaming concatenation of the shard stores, validated: every manifest id exactly once (as a row or a
     # recorded failure), finite values, shapes as declared. Memory is bounded by the row chunk, not the dataset.
+    # `merge: virtual` (a dataset option) validates the same way but writes only the per-image metadata and maps
+    # the fields onto the shard stores as HDF5 virtual datasets: the shards must then stay where they are.
     input:
         shards=get_shard_stores,
         manifest=f"{R}/{{dataset}}/manifest.parquet",
