@@ -14,9 +14,8 @@ import yaml
 import visfeat
 from conftest import copy_workflow, snakemake
 from visfeat.datasets import shard_index
-from visfeat.extract import (
-    _Previous, content_sha256, extractor_signature, folder_items, run_extraction, with_hashes,
-)
+from visfeat.extract import folder_items, run_extraction
+from visfeat.reuse import PreviousStore, content_sha256, extractor_signature, with_hashes
 from visfeat.extractors.base import Extractor
 from visfeat.fields import FieldSpec
 
@@ -145,7 +144,7 @@ def test_reuse_decision_by_id_content_and_signature(tmp_path, tiny_clip):
     out = tmp_path / "s.h5"
     run_extraction(ex, folder_items(folder), out, batch_size=1, workers=0, request="r1")
     sig = extractor_signature(ex, "float32", EXTRACTOR)
-    prev = _Previous(out)
+    prev = PreviousStore(out)
     with h5py.File(out) as f:
         assert f.attrs["signature"] == sig and f.attrs["request"] == "r1"
         assert f["failed/image_id"].asstr()[()].tolist() == ["bad"] and len(f["failed/sha256"][0]) == 64

@@ -75,9 +75,9 @@ def cmd_extract(a) -> int:
 
 
 def _extract_request(a, boxes) -> str:
-    """extract.request_digest of this command, without building the model; "" where it cannot tell (the
+    """reuse.request_digest of this command, without building the model; "" where it cannot tell (the
     builder then reports the problem)."""
-    from .extract import request_digest
+    from .reuse import request_digest
     from .extractors.registry import get_preset, resolve_options
     from .weights import resolve_weights, sha256_of
 

@@ -22,7 +22,7 @@ import shutil
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,6 +31,7 @@ import numpy as np
 from . import __version__
 from .extractors.base import Extractor, FieldSpec
 from .images import ImageError, full_size, load_image, load_tar_member
+from .reuse import PreviousStore, extractor_signature, with_hashes
 from .store import writing
 
 # Hook called with the batch index once that batch's part file is on disk (None: no call, the writer runs
@@ -47,41 +48,6 @@ class Item:
     size: int = -1  # a tar member: its size in bytes
     error: str = ""  # why the manifest already knows this item fails (a sample without an image, a broken tar)
     sha256: str = ""  # hex sha256 of the image's bytes (with_hashes); "" = not known (never reused)
-
-
-def content_sha256(it: Item) -> str:
-    """sha256 of the image's bytes: the file, or the tar member's bytes; "" for a known failure or an unreadable
-    file (its extraction records why)."""
-    if it.error:
-        return ""
-    h = hashlib.sha256()
-    try:
-        with open(it.abspath, "rb") as f:
-            if it.offset >= 0:
-                f.seek(it.offset)
-                data = f.read(it.size)
-                if len(data) != it.size:
-                    return ""  # the member is cut short: extraction says so
-                h.update(data)
-            else:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    h.update(block)
-    except OSError:
-        return ""
-    return h.hexdigest()
-
-
-def with_hashes(items: list[Item], threads: int = 8) -> list[Item]:
-    """The items with their content sha256 filled in (hashlib releases the GIL: a few threads read in parallel)."""
-    todo = [k for k, it in enumerate(items) if not it.sha256 and not it.error]
-    if not todo:
-        return items
-    with ThreadPoolExecutor(max_workers=threads) as pool:
-        digests = list(pool.map(lambda k: content_sha256(items[k]), todo, chunksize=64))
-    out = list(items)
-    for k, d in zip(todo, digests):
-        out[k] = replace(items[k], sha256=d)
-    return out
 
 
 def default_image_id(relpath: str) -> str:
@@ -257,89 +223,12 @@ class _Forward:
         return out
 
 
-def extractor_signature(extractor: Extractor, storage_dtype: str, name: str) -> str:
-    """What, besides the image, decides a row: preset, resolved config, weights sha256, fields, storage dtype,
-    instance name and amp (autocast changes the numbers). Rows are reused only under the same signature."""
-    return hashlib.sha256(json.dumps({
-        "preset": extractor.preset, "config": extractor.config, "sha": extractor.weights_sha256,
-        "fields": [asdict(f) for f in extractor.fields()], "storage_dtype": storage_dtype, "name": name,
-        "amp": bool(getattr(extractor, "amp", False)),
-    }, sort_keys=True).encode()).hexdigest()
-
-
-def request_digest(preset: str, options: dict[str, Any], weights_sha256: str, amp: bool, storage_dtype: str,
-                   name: str, compression: str | None, given_boxes: str | None) -> str:
-    """What a command asked for, computed without building the model (cli.py: resolved options, the weights
-    file's sha256). A previous store made by the same request has the signature this one would have, so a rerun
-    with nothing to extract never loads the model; visfeat's version stands for the code that builds it."""
-    return hashlib.sha256(json.dumps({
-        "preset": preset, "options": options, "weights": weights_sha256, "amp": bool(amp),
-        "storage_dtype": storage_dtype, "name": name, "compression": compression or "none",
-        "given_boxes": given_boxes, "visfeat": __version__,
-    }, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def _parts_signature(signature: str, items: list[Item]) -> str:
     """The resume state's identity: the extractor signature and the items to compute, in order, with content."""
     h = hashlib.sha256(signature.encode())
     for it in items:
         h.update(f"{it.image_id}\t{it.path}\t{it.sha256}\n".encode())
     return h.hexdigest()
-
-
-class _Previous:
-    """The store a previous run left at `out`: its signature and, per image id, its row or its failure."""
-
-    def __init__(self, out: Path):
-        from .store import FeatureStore, read_failures
-
-        self.store = FeatureStore(out)
-        a = self.store.attrs
-        self.signature, self.request = str(a.get("signature", "")), str(a.get("request", ""))
-        self.compression = str(a.get("compression", "none"))
-        self.attrs = a
-        h = self.store.h5
-        sha = ([x.decode() for x in h["image_sha256"][()]] if "image_sha256" in h else [""] * len(self.store))
-        self.rows = {i: (k, p, d) for k, (i, p, d) in
-                     enumerate(zip(self.store.ids, h["image_path"].asstr()[()], sha))}
-        self.failed = {i: (r, d) for i, r, d in read_failures(self.store)}
-
-    @staticmethod
-    def open(out: Path) -> "_Previous | None":
-        if not out.exists():
-            return None
-        try:
-            return _Previous(out)
-        except Exception as e:  # not a store, or one cut short: extract everything again
-            print(f"[visfeat] {out} is not a readable store ({type(e).__name__}: {e}): extracting all of it",
-                  file=sys.stderr)
-            return None
-
-    def reusable(self, it: Item, signature: str) -> bool:
-        """A row or failure of the same image content under the same signature."""
-        if not it.sha256 or not self.signature or self.signature != signature:
-            return False
-        if it.image_id in self.rows:
-            return self.rows[it.image_id][2] == it.sha256
-        return it.image_id in self.failed and self.failed[it.image_id][1] == it.sha256
-
-    def current(self, items: list[Item], signature: str, request: str, compression: str | None) -> bool:
-        """Exactly what a run would write now: same signature, request and compression, and the same images
-        (ids, paths, contents; a manifest's known failures with the same reason), nothing more."""
-        if (self.signature != signature or self.request != request or self.compression != (compression or "none")
-                or len(self.rows) + len(self.failed) != len(items)):
-            return False
-        for it in items:
-            if it.error:
-                if self.failed.get(it.image_id, (None,))[0] != it.error:
-                    return False
-            elif not self.reusable(it, signature) or (it.image_id in self.rows
-                                                       and self.rows[it.image_id][1] != it.path):
-                return False
-        return True
-
-    def close(self) -> None:
-        self.store.close()
 
 
 class _Parts:
@@ -483,13 +372,13 @@ def run_extraction(
     """Extract `items` into the store `out`, reusing a previous `out`'s rows of unchanged images (module doc);
     resumes from `{out}.parts/`; returns counts and timing. `extractor` may be a function building it: then it is
     built only when something needs the model and the previous store was made by another `request`
-    (request_digest)."""
+    (reuse.request_digest)."""
     out = Path(out)
     t = time.perf_counter()
     items = with_hashes(items)
     t_hash = time.perf_counter() - t
     name = name or (extractor.preset if isinstance(extractor, Extractor) else None)
-    prev = _Previous.open(out)
+    prev = PreviousStore.open(out)
     try:
         ex = extractor if isinstance(extractor, Extractor) else None
         if prev is not None and request and prev.request == request:
@@ -636,7 +525,7 @@ def _extract(extractor: Extractor, items: list[Item], parts: _Parts, batch_size:
 
 
 def _assemble(parts: _Parts, specs: list[FieldSpec], out: Path, attrs: dict, storage_dtype: str,
-              compression: str | None, items: list[Item], prev: _Previous | None, reused: set[str]) -> tuple[int, int]:
+              compression: str | None, items: list[Item], prev: PreviousStore | None, reused: set[str]) -> tuple[int, int]:
     """The store, in item order: each image's row or failure from the previous store (reused), the flushed
     parts (extracted now) or the manifest (a known failure). Rows go to the writer in runs of consecutive rows
     of one source; the writer cuts them into fixed blocks, so the bytes do not depend on where they came from."""
