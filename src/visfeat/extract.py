@@ -24,15 +24,18 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from . import __version__
-from .extractors.base import Extractor, FieldSpec
+from .fields import FieldSpec
 from .images import ImageError, full_size, load_image, load_tar_member
 from .reuse import PreviousStore, extractor_signature, with_hashes
 from .store import writing
+
+if TYPE_CHECKING:  # torch is imported only where a model runs: a rerun with nothing to extract never loads it
+    from .extractors.base import Extractor
 
 # Hook called with the batch index once that batch's part file is on disk (None: no call, the writer runs
 # ahead). Tests set it to pause there, so that a kill lands between two flushed batches.
@@ -377,10 +380,11 @@ def run_extraction(
     t = time.perf_counter()
     items = with_hashes(items)
     t_hash = time.perf_counter() - t
-    name = name or (extractor.preset if isinstance(extractor, Extractor) else None)
+    built = hasattr(extractor, "fields")  # an Extractor, or the function that builds one
+    name = name or (extractor.preset if built else None)
     prev = PreviousStore.open(out)
     try:
-        ex = extractor if isinstance(extractor, Extractor) else None
+        ex = extractor if built else None
         if prev is not None and request and prev.request == request:
             sig = prev.signature  # the same request built the same extractor: decide without building it
         else:
