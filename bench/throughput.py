@@ -236,36 +236,70 @@ COLUMNS = ("family", "preset", "images", "n", "decode", "precision", "end to end
            "ratio", "worker core-s/img", "AMP vs fp32 min cos", "seconds by stage")
 
 
+def spread(values: list[float]) -> str:
+    """The median, and the range when there are several runs."""
+    med = float(np.median(values))
+    return f"{med:.3g}" if len(values) == 1 else f"{med:.3g} ({min(values):.3g}-{max(values):.3g})"
+
+
 def family_rows(models: Models, fam: str, set_name: str, items: list[Item], modes: list[str],
                 precisions: tuple[bool, ...], a: argparse.Namespace, out_dir: Path):
-    """One row per precision x decode mode; a failing build or run is a row naming its error."""
-    preset, ref = FAMILIES[fam], None  # ref: fp32's (extractor, first batch, its outputs)
+    """One row per precision x decode mode; a failing build or run is a row naming its error. Every figure is
+    the median of `a.repeat` runs, and the runs of the precisions (and decode modes) alternate, so a busy
+    machine slows them alike and their ratios stay honest."""
+    preset = FAMILIES[fam]
+    head = [fam, preset, set_name, str(len(items))]
+    label = {amp: "AMP" if amp else "fp32" for amp in precisions}
+    base, batches = {}, {}
     for amp in precisions:
-        head = [fam, preset, set_name, str(len(items))]
-        prec = "AMP" if amp else "fp32"
         try:
-            base = models.build(fam, amp, {"decode": "pil"})
-            if amp and not base.amp:
-                prec = "AMP (inactive here)"
-            batches = predecoded(base, items, a.batch_size)
-            fwd, first = forward_alone(base, batches)
-            if not amp:
-                ref = (base, batches[0], first)
-            agree = agreement(ref[0], base, ref[1], ref[2], first) if amp and ref else ""
+            base[amp] = models.build(fam, amp, {"decode": "pil"})
+            if amp and not base[amp].amp:
+                label[amp] = "AMP (inactive here)"
+            batches[amp] = predecoded(base[amp], items, a.batch_size)
         except Exception as e:  # noqa: BLE001  (a figure table reports what fails)
-            yield head + ["all", prec, f"error: {type(e).__name__}: {str(e)[:120]}"] + ["-"] * 5
-            continue
+            base.pop(amp, None)
+            yield head + ["all", label[amp], f"error: {type(e).__name__}: {str(e)[:120]}"] + ["-"] * 5
+    fwd: dict[bool, list[float]] = {amp: [] for amp in base}
+    first: dict[bool, list] = {}
+    for _ in range(a.repeat):
+        for amp, ex in base.items():
+            rate, out = forward_alone(ex, batches[amp])
+            fwd[amp].append(rate)
+            first.setdefault(amp, out)
+    agree = ""
+    if False in base and True in base:
+        agree = agreement(base[False], base[True], batches[False][0], first[False], first[True])
+    runs: dict[tuple[str, bool], list] = {}
+    extractors: dict[tuple[str, bool], Extractor] = {}
+    for _ in range(a.repeat):
         for mode in modes:
-            try:
-                ex = base if mode == "pil" else models.build(fam, amp, {"decode": mode})
-                out = out_dir / f"{fam}-{set_name}-{mode}-{int(amp)}.h5"
-                e2e, cpu, timing = end_to_end(ex, items, out, a.batch_size, a.workers)
-                out.unlink()
-            except Exception as e:  # noqa: BLE001
-                yield head + [mode, prec, f"error: {type(e).__name__}: {str(e)[:120]}", f"{fwd:.3g}"] + ["-"] * 4
+            for amp in base:
+                key = (mode, amp)
+                if isinstance(runs.get(key), Exception):
+                    continue
+                try:
+                    if key not in extractors:
+                        extractors[key] = base[amp] if mode == "pil" else models.build(fam, amp, {"decode": mode})
+                    out = out_dir / f"{fam}-{set_name}-{mode}-{int(amp)}.h5"
+                    runs.setdefault(key, []).append(end_to_end(extractors[key], items, out, a.batch_size, a.workers))
+                    out.unlink()
+                except Exception as e:  # noqa: BLE001
+                    runs[key] = e
+    for amp in base:
+        f = float(np.median(fwd[amp]))
+        for mode in modes:
+            r = runs[(mode, amp)]
+            if isinstance(r, Exception):
+                yield head + [mode, label[amp], f"error: {type(r).__name__}: {str(r)[:120]}", spread(fwd[amp])] \
+                    + ["-"] * 4
                 continue
+            e2e = [x[0] for x in r]
+            timing = {k: float(np.median([x[2][k] for x in r])) for k in r[0][2]}
             stages = " ".join(f"{STAGES.get(k, k)} {v:.2f}" for k, v in timing.items())
-            yield head + [mode, prec, f"{e2e:.3g}", f"{fwd:.3g}", f"{e2e / fwd:.2f}", f"{cpu:.4f}", agree, stages]
+            cpu = float(np.median([x[1] for x in r]))
+            yield head + [mode, label[amp], spread(e2e), spread(fwd[amp]), f"{float(np.median(e2e)) / f:.2f}",
+                          f"{cpu:.4f}", agree if amp else "", stages]
 
 
 def image_counts(spec: str, size: str) -> dict[str, int]:
@@ -294,6 +328,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per figure (median; precisions alternate)")
     return ap.parse_args(argv)
 
 
@@ -322,7 +357,8 @@ def main(argv: list[str] | None = None) -> None:
                     rows.append(row)
                     print(f"[throughput] {' | '.join(row)}", file=sys.stderr, flush=True)
     print(f"`{command}`\n")
-    print(f"{where}; torch {torch.__version__}; {a.size} models; batch {a.batch_size}, {a.workers} workers\n")
+    print(f"{where}; torch {torch.__version__}; {a.size} models; batch {a.batch_size}, {a.workers} workers; "
+          f"median of {a.repeat} runs (range)\n")
     print("| " + " | ".join(COLUMNS) + " |")
     print("|" + "---|" * len(COLUMNS))
     for row in rows:

@@ -153,3 +153,29 @@ def test_detector_features_on_the_same_boxes_and_selections(preset, weights):
           f"fraction of fp32 boxes selected again (IoU >= 0.9) {np.round(still, 2)}")
     assert cos >= 0.99
     assert min(still) >= 0.4
+
+
+FORMAT_CASES = [  # family, preset, weights, channels_last in fp32, under AMP (base.Extractor.channels_last)
+    ("effnet", "effnet-lite0", None, True, True),
+    ("clip-vit", "clip-vit-b32", None, False, False),  # one conv (the patches): nothing to gain
+    ("clip-rn", "clip-rn50", None, True, True),
+    ("vissl", "vissl-rn50-trunk", None, True, True),
+    ("gridfeats", "gridfeats-x152", None, False, True),  # fp32 keeps detectron2's float operations bit for bit
+    ("grid8", "grid8-x152", None, False, True),
+    ("butd", "butd-r101-36", BUTD, False, True),
+    ("vinvl", "vinvl-x152c4", VINVL, False, True),
+    ("vmb", "vmb-x152", VMB, False, True),
+]
+
+
+@pytest.mark.parametrize("family, preset, weights, fp32_cl, amp_cl", FORMAT_CASES, ids=[c[1] for c in FORMAT_CASES])
+def test_memory_format_per_family_and_precision(family, preset, weights, fp32_cl, amp_cl, tiny_clip, vissl_rn50):
+    w = str(weights) if weights else weights_of(family, tiny_clip, vissl_rn50)
+    for amp, expect in ((False, fp32_cl), (True, amp_cl)):
+        ex = visfeat.load_extractor(preset, weights=w, device="cpu", amp=amp)
+        fmt = torch.channels_last if expect else torch.contiguous_format
+        assert ex.memory_format == fmt
+        convs = [c.weight for m in vars(ex).values() if isinstance(m, torch.nn.Module)
+                 for c in m.modules() if isinstance(c, torch.nn.Conv2d) and c.kernel_size != (1, 1)]
+        assert convs and all(c.is_contiguous(memory_format=fmt) for c in convs)
+        assert ex.on_device(torch.zeros(2, 3, 8, 8)).is_contiguous(memory_format=fmt)

@@ -22,6 +22,11 @@ Contract:
   matmuls are slow there, bf16 ones native on CPUs with AVX512-BF16/AMX). Whatever runs under it, a forward
   returns float32 arrays, and what decides box selections (RoI coordinates, scores, regressed boxes, NMS) stays
   float32: torchvision's autocast rules run nms and roi_align in float32 (docs/presets.md "Precision").
+- `channels_last` says when the model runs in that memory format (`memory_format`; `placed(module)` and
+  `on_device(images)` apply it): oneDNN's and cuDNN's NHWC convolutions are faster, measured on this project's
+  CPU 1.3-2x (bench/README.md "Memory format"). "always"; "amp" where the fp32 outputs are the original's float
+  operations bit for bit (the detectron2-family parity fixtures, ties included, rely on it), so only AMP runs
+  change format; "never" for models with no 2D convolutions to speak of (ViTs).
 """
 from __future__ import annotations
 
@@ -80,6 +85,7 @@ class Extractor(ABC):
     device: torch.device = torch.device("cpu")
     amp: bool = False
     group_by_aspect: bool = False  # batches by similar shape (see the module docstring)
+    channels_last: str = "never"  # "always" | "amp" | "never" (see the module docstring)
 
     def place(self, device: str | torch.device | None, amp: bool) -> None:
         """Where the model runs: `device`, or CUDA when there is one; `amp`: autocast there (`amp_dtype`)."""
@@ -90,6 +96,20 @@ class Extractor(ABC):
     def amp_dtype(self) -> torch.dtype:
         """bf16 on the CPU (its fp16 kernels are slow; bf16 keeps fp32's range), fp16 on accelerators."""
         return torch.bfloat16 if self.device.type == "cpu" else torch.float16
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        if self.channels_last == "always" or (self.channels_last == "amp" and self.amp):
+            return torch.channels_last
+        return torch.contiguous_format
+
+    def placed(self, module: torch.nn.Module) -> torch.nn.Module:
+        """`module` on the device, in `memory_format`, in eval mode."""
+        return module.to(self.device, memory_format=self.memory_format).eval()
+
+    def on_device(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch of images (N, C, H, W) on the device in `memory_format` (non-blocking from pinned memory)."""
+        return images.to(self.device, non_blocking=True, memory_format=self.memory_format)
 
     def autocast(self) -> AbstractContextManager:
         """The forward's precision: `amp_dtype` autocast when `amp`, else full precision."""

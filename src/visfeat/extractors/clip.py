@@ -72,6 +72,7 @@ class ClipExtractor(Extractor):
         self.model = model
         v = model.visual
         self.is_vit = hasattr(v, "class_embedding")
+        self.channels_last = "never" if self.is_vit else "always"  # a ViT has one conv (patches)
         size = int(options["image_size"])
         native = int(v.image_size[0] if isinstance(v.image_size, (tuple, list)) else v.image_size)
         stride = v.patch_size[0] if self.is_vit else 32
@@ -93,7 +94,7 @@ class ClipExtractor(Extractor):
         interp = T.InterpolationMode.BICUBIC
         resize = T.Resize((size, size), interpolation=interp) if options["squash_resize"] else T.Resize(size, interpolation=interp)
         self.transform = T.Compose([resize, T.CenterCrop(size), T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)])
-        self.model.to(self.device)
+        self.model = self.placed(self.model)
 
     def fields(self) -> list[FieldSpec]:
         g = self.grid_hw
@@ -117,7 +118,7 @@ class ClipExtractor(Extractor):
 
     @torch.inference_mode()
     def forward(self, batch: dict[str, Any]) -> list[dict[str, np.ndarray]]:
-        x = batch["image"].to(self.device, non_blocking=True)
+        x = self.on_device(batch["image"])
         with self.autocast():
             glob, grid = self._visual(x)
             p = int(self.config["grid_pool"])

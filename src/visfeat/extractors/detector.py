@@ -35,6 +35,7 @@ from .base import Extractor, FieldSpec
 
 class RegionExtractor(Extractor):
     group_by_aspect = True  # run_extraction orders images so a batch shares orientation and similar shape
+    channels_last = "amp"
 
     def __init__(self, preset: str, model: C4Detector | FPNDetector, options: dict[str, Any], device, amp: bool,
                  sha: str | None):
@@ -43,7 +44,7 @@ class RegionExtractor(Extractor):
         self.weights_sha256 = sha
         self.place(device, amp)
         self.group_sizes = group_sizes(self.device)
-        self.model = model.to(self.device).eval()
+        self.model = self.placed(model)
         size = options["size"]
         if size not in SIZES:
             raise ValueError(f"{preset}: size {size!r} unknown; named sizes: {', '.join(SIZES)}")
@@ -110,7 +111,7 @@ class RegionExtractor(Extractor):
     @torch.inference_mode()
     def _forward(self, batch: dict[str, Any]) -> list[dict[str, np.ndarray]]:
         m, o = self.model, self.config
-        images = batch["image"].to(self.device, non_blocking=True)
+        images = self.on_device(batch["image"])
         in_hw = [tuple(int(v) for v in hw) for hw in batch["input_hw"]]
         orig_hw = [tuple(int(v) for v in hw) for hw in batch["orig_hw"]]
         div = int(o["size_divisibility"])

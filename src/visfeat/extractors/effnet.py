@@ -47,12 +47,13 @@ def load_lite0(path: str) -> torch.nn.Module:
 
 
 class EffnetLite0(Extractor):
+    channels_last = "always"
     def __init__(self, model: torch.nn.Module, options: dict[str, Any], device, amp: bool, sha: str):
         self.preset = "effnet-lite0"
         self.config = dict(options)
         self.weights_sha256 = sha
         self.place(device, amp)
-        self.model = model.to(self.device)
+        self.model = self.placed(model)
         size, resize = int(options["image_size"]), int(options["resize_size"])
         self.grid_hw = size // 32
         self.transform = T.Compose([
@@ -71,7 +72,7 @@ class EffnetLite0(Extractor):
 
     @torch.inference_mode()
     def forward(self, batch: dict[str, Any]) -> list[dict[str, np.ndarray]]:
-        x = batch["image"].to(self.device, non_blocking=True)
+        x = self.on_device(batch["image"])
         with self.autocast():
             grid = self.model.forward_features(x)  # (N, 1280, 7, 7) after conv_head + bn + ReLU6
             glob = grid.mean((2, 3))

@@ -33,12 +33,13 @@ def grid_boxes(h: int, w: int, n: int) -> np.ndarray:
 
 class Grid8Extractor(Extractor):
     group_by_aspect = True
+    channels_last = "amp"
 
     def __init__(self, preset: str, model: FPNDetector, options: dict[str, Any], device, amp: bool, sha: str | None):
         self.preset, self.config, self.weights_sha256 = preset, dict(options), sha
         self.place(device, amp)
         self.group_sizes = group_sizes(self.device)
-        self.model = model.to(self.device).eval()
+        self.model = self.placed(model)
         if options["size"] not in SIZES:
             raise ValueError(f"{preset}: size {options['size']!r} unknown; named sizes: {', '.join(SIZES)}")
         self.n = int(options["grid_size"])
@@ -61,7 +62,7 @@ class Grid8Extractor(Extractor):
 
     @torch.inference_mode()
     def _forward(self, batch: dict[str, Any]) -> list[dict[str, np.ndarray]]:
-        images = batch["image"].to(self.device, non_blocking=True)
+        images = self.on_device(batch["image"])
         in_hw = [tuple(int(v) for v in hw) for hw in batch["input_hw"]]
         boxes = [torch.from_numpy(grid_boxes(h, w, self.n)).to(self.device) for h, w in in_hw]
         with self.autocast():

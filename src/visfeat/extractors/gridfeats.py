@@ -51,11 +51,12 @@ def infer_resnet(state: dict[str, torch.Tensor], base: ResNetSpec, path) -> ResN
 
 class GridFeatsExtractor(Extractor):
     group_by_aspect = True  # equal-size images share a forward
+    channels_last = "amp"
 
     def __init__(self, preset: str, backbone: ResNet, options: dict[str, Any], device, amp: bool, sha: str | None):
         self.preset, self.config, self.weights_sha256 = preset, dict(options), sha
         self.place(device, amp)
-        self.backbone = backbone.to(self.device).eval()
+        self.backbone = self.placed(backbone)
         if options["size"] not in SIZES:
             raise ValueError(f"{preset}: size {options['size']!r} unknown; named sizes: {', '.join(SIZES)}")
         self.pool = tuple(options["pool"]) if options.get("pool") else None
@@ -83,7 +84,7 @@ class GridFeatsExtractor(Extractor):
             groups.setdefault(tuple(t.shape[1:]), []).append(i)
         maps: list[torch.Tensor | None] = [None] * len(images)
         for idx in groups.values():
-            x = torch.stack([images[i] for i in idx]).to(self.device, non_blocking=True)
+            x = self.on_device(torch.stack([images[i] for i in idx]))
             with self.autocast():
                 y = self.backbone(x)
             if self.pool:

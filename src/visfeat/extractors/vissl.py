@@ -271,6 +271,7 @@ def build_trunk(backbone: str, trunk_sd: dict[str, torch.Tensor], path: str) -> 
 
 # ---------------------------------------------------------------------------------------------------------------
 class VisslExtractor(Extractor):
+    channels_last = "always"
     def __init__(self, trunk: nn.Module, heads: nn.ModuleList, plan: Plan, preset: str, options: dict[str, Any],
                  device, amp: bool, sha: str | None):
         self.preset = preset
@@ -288,9 +289,7 @@ class VisslExtractor(Extractor):
                 self.pools.append(POOL_OPS[op](*args))
             except (TypeError, ValueError) as e:
                 raise ValueError(f"LINEAR_EVAL_FEAT_POOL_OPS_MAP layer {layer!r}: {op}(*{args!r}) failed: {e}") from None
-        self.trunk = trunk.to(self.device).eval()
-        self.heads = heads.to(self.device).eval()
-        self.pools.to(self.device)
+        self.trunk, self.heads, self.pools = self.placed(trunk), self.placed(heads), self.placed(self.pools)
         resize, crop = int(options["resize_size"]), int(options["crop_size"])
         self.transform = T.Compose([
             T.Resize(resize, interpolation=T.InterpolationMode.BILINEAR, antialias=True),
@@ -331,7 +330,7 @@ class VisslExtractor(Extractor):
 
     @torch.inference_mode()
     def forward(self, batch: dict[str, Any]) -> list[dict[str, np.ndarray]]:
-        x = batch["image"].to(self.device, non_blocking=True)
+        x = self.on_device(batch["image"])
         with self.autocast():
             out = self._run(x)
         arrs = {n: t.float().cpu().numpy() for n, t in out.items()}
