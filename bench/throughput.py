@@ -2,8 +2,9 @@
 
 One markdown table, one row per family x image set x decode mode x fp32/AMP: `run_extraction` end to end (img/s),
 the model's forward alone on pre-decoded batches (img/s, the baseline measured in the same run), their ratio,
-the CPU core-seconds per image the DataLoader workers spent decoding and preprocessing (their user + system time,
-from getrusage(RUSAGE_CHILDREN) around the run: the workers are joined when it ends), the smallest cosine of AMP
+the CPU core-seconds per image spent decoding and preprocessing (with workers: their user + system time, from
+getrusage(RUSAGE_CHILDREN) around the run, the workers being joined when it ends; with `--workers 0`: the decoding
+threads' own CPU time, run_extraction's `decode_cpu`), the smallest cosine of AMP
 vs fp32 features (detectors: on the same boxes through forced-boxes mode, plus the fraction of fp32 boxes that
 AMP's own selection still holds at IoU >= 0.5), and `run_extraction`'s seconds per stage.
 
@@ -16,7 +17,9 @@ Decode modes: those the preset option `decode` accepts (its check's list, read a
 
     python bench/throughput.py [--families effnet,clip,...] [--size full|small] [--decode all|pil,...]
                                [--amp both|on|off] [--images N[,family=N...]] [--image-sets jpeg,samples]
-                               [--batch-size B] [--workers W] [--device cpu|cuda]
+                               [--batch-size B] [--workers W] [--device cpu|cuda] [--repeat N]
+
+Every figure is the median of `--repeat` runs (3), fp32 and AMP runs alternating (noisy shared machines).
 """
 from __future__ import annotations
 
@@ -55,7 +58,7 @@ IMAGES = {"full": (64, 4), "small": (8, 2)}  # default images per run: (fixed-cr
 TINY_DETECTOR = {"butd": "butd/tiny_attr.pkl", "vinvl": "vinvl/tiny_vinvl.pth", "vmb": "vmb/tiny_x152_fpn.pth",
                  "grid8": "vmb/tiny_x152_fpn.pth", "gridfeats": "gridfeats/tiny_x152.pth"}  # tests/test_presets.py
 STAGES = {"first_batch": "first", "wait_images": "wait", "forward": "fwd", "wait_writer": "writer",
-          "assemble": "store"}
+          "assemble": "store", "decode_cpu": "decode-cpu"}
 
 
 # ---- models -------------------------------------------------------------------------------------------------
@@ -194,7 +197,8 @@ def end_to_end(ex: Extractor, items: list[Item], out: Path, batch_size: int, wor
     cpu, t = children_cpu(), time.perf_counter()
     res = run_extraction(ex, items, out, batch_size=batch_size, workers=workers)
     rate = len(items) / (time.perf_counter() - t)
-    worker_cpu = (children_cpu() - cpu) / len(items) if workers else float("nan")
+    worker_cpu = (children_cpu() - cpu) if workers else res["timing"].get("decode_cpu", float("nan"))
+    worker_cpu /= len(items)
     if res["failed"]:
         print(f"[throughput] {ex.preset}: {res['failed']} images failed", file=sys.stderr)
     return rate, worker_cpu, res["timing"]
@@ -233,7 +237,7 @@ def agreement(f32: Extractor, amp: Extractor, batch, ref: list[dict], got: list[
 
 # ---- the table ----------------------------------------------------------------------------------------------
 COLUMNS = ("family", "preset", "images", "n", "decode", "precision", "end to end img/s", "forward alone img/s",
-           "ratio", "worker core-s/img", "AMP vs fp32 min cos", "seconds by stage")
+           "ratio", "decode core-s/img", "AMP vs fp32 min cos", "seconds by stage")
 
 
 def spread(values: list[float]) -> str:

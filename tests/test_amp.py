@@ -179,3 +179,21 @@ def test_memory_format_per_family_and_precision(family, preset, weights, fp32_cl
                  for c in m.modules() if isinstance(c, torch.nn.Conv2d) and c.kernel_size != (1, 1)]
         assert convs and all(c.is_contiguous(memory_format=fmt) for c in convs)
         assert ex.on_device(torch.zeros(2, 3, 8, 8)).is_contiguous(memory_format=fmt)
+
+
+@pytest.mark.parametrize("kind, preset", [("vit32", "clip-vit-b32"), ("rn", "clip-rn50")])
+def test_clip_amp_runs_sequence_first_with_the_same_outputs(kind, preset, tiny_clip):
+    """Under AMP the transformers run sequence-first (clip.sequence_first: faster, same operations)."""
+    amp = visfeat.load_extractor(preset, weights=str(tiny_clip[kind][0]), device="cpu", amp=True)
+    assert not amp.model.transformer.batch_first and not amp.model.transformer.resblocks[0].attn.batch_first
+    batch_first = visfeat.load_extractor(preset, weights=str(tiny_clip[kind][0]), device="cpu", amp=True)
+    for t in [batch_first.model.transformer] + ([batch_first.model.visual.transformer] if kind == "vit32" else []):
+        t.batch_first = True
+        for block in t.resblocks:
+            block.attn.batch_first = True
+    for x, y in zip(run(amp), run(batch_first), strict=True):
+        for k in x:
+            np.testing.assert_allclose(x[k], y[k], rtol=1e-5, atol=1e-6)
+    captions = ["a cat on a sofa", "a rocket"]
+    np.testing.assert_allclose(amp.encode_text(captions), batch_first.encode_text(captions), rtol=1e-5, atol=1e-6)
+    assert visfeat.load_extractor(preset, weights=str(tiny_clip[kind][0]), device="cpu").model.transformer.batch_first

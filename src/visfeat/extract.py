@@ -191,11 +191,19 @@ class _InProcess:
 
     def __init__(self, ds: _Images, indices: range, threads: int, chunk: int):
         self.ds, self.indices, self.threads, self.chunk = ds, indices, threads, chunk
+        self.cpu: list[float] = []  # each image's decode + preprocess CPU seconds (its thread's time)
+
+    def _timed(self, i: int):
+        t = time.thread_time()
+        try:
+            return self.ds[i]
+        finally:
+            self.cpu.append(time.thread_time() - t)
 
     def __iter__(self):
         with ThreadPoolExecutor(max_workers=self.threads) as pool:
             for a in range(0, len(self.indices), self.chunk):  # one batch at a time: none decodes during a forward
-                yield from pool.map(self.ds.__getitem__, self.indices[a:a + self.chunk])
+                yield from pool.map(self._timed, self.indices[a:a + self.chunk])
 
 
 def _group(samples, batch_size: int, collate: "_Collate"):
@@ -543,6 +551,8 @@ def _extract(extractor: Extractor, items: list[Item], parts: _Parts, batch_size:
         timing["wait_writer"] += time.perf_counter() - t
     progress.close()
     torch.set_num_threads(threads)
+    if isinstance(loader, _InProcess):
+        timing["decode_cpu"] = sum(loader.cpu)  # core-seconds (workers' are their processes' own)
     elapsed = time.time() - t0
     return {"seconds": elapsed, "processed": n - start, "timing": timing}
 

@@ -48,6 +48,19 @@ def build_clip_model(state_dict: dict[str, torch.Tensor]) -> torch.nn.Module:
     return model.float().eval()
 
 
+def sequence_first(model: torch.nn.Module) -> None:
+    """Run the transformers sequence-first, (L, N, D), as OpenAI's clip/model.py does; open_clip's are batch-first.
+    Why, under AMP only: autocast turns nn.MultiheadAttention's fused path off, and the unfused one hands F.linear
+    a transposed (L, N, D) view of batch-first input, which matmul cannot fold into one matrix product: it
+    expands the weight once per token (bf16 ViT-B/32 on a 2-core CPU: 2.8 img/s against 4.7 in fp32). Fed
+    sequence-first the view is contiguous. The same operations otherwise: the outputs are equal."""
+    blocks = [model.transformer] + ([model.visual.transformer] if hasattr(model.visual, "transformer") else [])
+    for t in blocks:
+        t.batch_first = False
+        for block in t.resblocks:
+            block.attn.batch_first = False
+
+
 def resize_pos_embed(pos: torch.Tensor, new_grid: int, mode: str = "bicubic") -> torch.Tensor:
     """Resize (1 + g*g, D) position embeddings to (1 + n*n, D), first row kept (timm resize_pos_embed semantics).
 
@@ -94,6 +107,8 @@ class ClipExtractor(Extractor):
         interp = T.InterpolationMode.BICUBIC
         resize = T.Resize((size, size), interpolation=interp) if options["squash_resize"] else T.Resize(size, interpolation=interp)
         self.transform = T.Compose([resize, T.CenterCrop(size), T.ToTensor(), T.Normalize(CLIP_MEAN, CLIP_STD)])
+        if self.amp:
+            sequence_first(self.model)
         self.model = self.placed(self.model)
 
     def fields(self) -> list[FieldSpec]:
