@@ -1,7 +1,7 @@
 """`decode: gpu`: workers only read a JPEG's bytes and header; the main process decodes a batch of them on the
 model's device (`torchvision.io.decode_jpeg` on a list: nvJPEG on CUDA, libjpeg-turbo on the CPU) and runs the
-preset's resize, crop and normalisation there as tensor ops. Other formats decode in the workers as under `pil`
-and travel as uint8 tensors. For the torchvision-transform presets (CLIP, effnet, VISSL) only.
+preset's preprocessing there as tensor ops (its preprocessor's `tensor_preprocess()`: resize, crop, normalisation,
+the detectors' mean subtraction). Other formats decode in the workers as under `pil` and travel as uint8 tensors.
 """
 from __future__ import annotations
 
@@ -88,10 +88,11 @@ def _decode_one(e: EncodedJpeg) -> torch.Tensor | str:
 
 
 class DevicePreprocess:
-    """Main-process side: a batch of worker samples -> {"image": preprocessed tensor on `device`} or a reason."""
+    """Main-process side: a batch of worker samples -> the preprocessor's sample dict (images on `device`) or a
+    reason. `preprocess`: the preprocessor's `tensor_preprocess()`."""
 
-    def __init__(self, transform: Callable[[torch.Tensor], torch.Tensor], device: torch.device, key: str = "image"):
-        self.transform, self.device, self.key = transform, torch.device(device), key
+    def __init__(self, preprocess: Callable[[torch.Tensor], dict[str, Any]], device: torch.device):
+        self.preprocess, self.device = preprocess, torch.device(device)
 
     def decode(self, samples: list[Any]) -> list[torch.Tensor | str]:
         """uint8 (3, H, W) on the device per sample, JPEGs in one batched call (one by one on the CPU if the
@@ -121,7 +122,7 @@ class DevicePreprocess:
                 res.append(t)
                 continue
             try:
-                res.append({self.key: self.transform(t)})
+                res.append(self.preprocess(t))
             except Exception as e:  # a preprocessing bug on one odd image is that image's failure
                 res.append(f"preprocess failed: {type(e).__name__}: {e}")
         return res

@@ -498,7 +498,7 @@ def _extract(extractor: Extractor, items: list[Item], parts: _Parts, batch_size:
     if opts.get("decode") == "gpu":
         from .device_decode import DevicePreprocess
 
-        on_device = DevicePreprocess(pre.tensor_transform(), extractor.device)
+        on_device = DevicePreprocess(pre.tensor_preprocess(), extractor.device)
     ds = _Images(items, pre, bool(opts.get("exif", True)), int(opts.get("max_pixels")),
                  pre.needed_size if opts.get("decode") == "draft" else None, encoded=on_device is not None)
     # Workers decode single images (all of them work on the batch being filled, so the first batch is not one

@@ -10,12 +10,17 @@ Preprocessing (DataLoader workers, CPU), by preset option `preprocess`:
 A batch is zero-padded to its largest image (`pad_batch`); `ceil_to` gives each image's own canvas.
 Each preprocessor's `needed_size(w, h)` is its resize rule's output size (what `decode: draft` may decode a JPEG
 down to); sizes and scales follow the full image (`images.full_size`), the resize starts from the pixels given.
+`tensor_preprocess()` gives the same steps on a uint8 (3, H, W) tensor on any device (`decode: gpu`), returning the
+same dict (sizes and scales on the host): PIL's uint8 bilinear resize becomes `pil_bilinear` (Pillow's fixed-point
+resampling in int32 tensor ops, bit for bit), the Caffe float path's OpenCV resize `cv2_linear_resize` on the
+tensor (the same taps and float32 operations), so on the same decoded pixels the model input is `pil`'s.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
+import PIL
 import torch
 from PIL import Image
 
@@ -41,6 +46,68 @@ def resized_hw(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
     return int(newh + 0.5), int(neww + 0.5)
 
 
+def _on(values: np.ndarray | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A small host constant on `like`'s device; non-blocking, so a pageable copy is staged without waiting for the
+    device (a blocking copy per image would wait for the batch's decode)."""
+    return torch.as_tensor(values).to(like.device, non_blocking=True)
+
+
+PIL_PRECISION_BITS = 32 - 8 - 2  # Pillow src/libImaging/Resample.c PRECISION_BITS (8-bit images)
+# Pillow 13 Resample.c ImagingResampleInner may run the vertical pass first (pil_bilinear); 10-12 never do
+PIL_VERTICAL_FIRST = int(PIL.__version__.split(".")[0]) >= 13
+
+
+def _pil_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pillow Resample.c precompute_coeffs + normalize_coeffs_8bpc for BILINEAR (support 1) on one axis: per output
+    pixel, its `ksize` source indices (clamped into the image; those past the window weigh 0) and fixed-point
+    weights, computed in float64 in the C code's order of operations."""
+    scale = n_in / n_out
+    filterscale = max(scale, 1.0)
+    support = 1.0 * filterscale
+    ksize = int(np.ceil(support)) * 2 + 1
+    center = (np.arange(n_out, dtype=np.float64) + 0.5) * scale
+    xmin = np.maximum(np.trunc(center - support + 0.5).astype(np.int64), 0)  # C (int) truncates
+    xmax = np.minimum(np.trunc(center + support + 0.5).astype(np.int64), n_in) - xmin
+    x = np.arange(ksize)
+    dist = np.abs(((x[None] + xmin[:, None]) - center[:, None] + 0.5) * (1.0 / filterscale))
+    k = np.where((dist < 1.0) & (x[None] < xmax[:, None]), 1.0 - dist, 0.0)  # bilinear_filter
+    ww = np.zeros(n_out)
+    for j in range(ksize):  # summed left to right, as the C loop does
+        ww += k[:, j]
+    k = np.divide(k, ww[:, None], out=k, where=ww[:, None] != 0)
+    kint = np.trunc(0.5 + k * (1 << PIL_PRECISION_BITS)).astype(np.int32)  # weights are >= 0
+    return np.minimum(xmin[:, None] + x[None], n_in - 1), kint
+
+
+def _pil_pass(image: torch.Tensor, dim: int, n_out: int) -> torch.Tensor:
+    """One of Pillow's 8-bit resample passes (ImagingResampleHorizontal/Vertical_8bpc) along `dim` of an int32
+    (C, H, W) image: 2**21 + sum of pixel x weight, shifted right by 22 and clipped (clip8); exact in int32."""
+    idx, kint = (_on(a, image) for a in _pil_taps(image.shape[dim], n_out))
+    weight_shape = [n_out if d == dim else 1 for d in range(3)]
+    out_shape = [n_out if d == dim else n for d, n in enumerate(image.shape)]
+    acc = torch.full(out_shape, 1 << (PIL_PRECISION_BITS - 1), dtype=torch.int32, device=image.device)
+    for j in range(idx.shape[1]):
+        acc += image.index_select(dim, idx[:, j]) * kint[:, j].reshape(weight_shape)
+    return (acc >> PIL_PRECISION_BITS).clamp_(0, 255)
+
+
+def pil_bilinear(image: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
+    """`Image.resize((w, h), BILINEAR)` of a uint8 (3, H, W) tensor, bit for bit, as float32 grey levels: Pillow's
+    fixed-point two-pass resampling, each pass rounded to 8 bits (the filter widens when it shrinks: PIL's
+    antialiasing); the horizontal pass first, except that Pillow 13 runs the vertical one first when the height
+    shrinks by more than twice as many pixels as the width (Pillow 13.0.0's behaviour, checked bit for bit by
+    tests/test_decode_detectors.py), and
+    the order moves results by 1 grey level. torch's antialiased `interpolate` runs the same filter in float and
+    rounds once: 13-21% of the values 1 grey level apart from PIL's on the test photos."""
+    (h, w), (nh, nw) = image.shape[1:], hw
+    x = image.to(torch.int32)
+    order = (1, 2) if PIL_VERTICAL_FIRST and 0 < h - nh and 2 * (w - nw) < h - nh else (2, 1)
+    for dim in order:
+        if hw[dim - 1] != x.shape[dim]:
+            x = _pil_pass(x, dim, hw[dim - 1])
+    return x.float()
+
+
 class DetectorPreprocessor:
     """RGB PIL image -> {"image": (3, h, w) float32 normalised, "input_hw", "orig_hw"}. Picklable."""
 
@@ -64,6 +131,18 @@ class DetectorPreprocessor:
         arr = (arr - self.mean) / self.std
         return {"image": torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1))),
                 "input_hw": torch.tensor([nh, nw]), "orig_hw": torch.tensor([h, w])}
+
+    def tensor_preprocess(self) -> Callable[[torch.Tensor], dict[str, Any]]:
+        return self._tensor
+
+    def _tensor(self, image: torch.Tensor) -> dict[str, Any]:
+        h, w = image.shape[1:]
+        nh, nw = resized_hw(h, w, self.short, self.max_size)
+        x = pil_bilinear(image, (nh, nw))
+        if self.bgr:
+            x = x.flip(0)
+        x = (x - _on(self.mean, x)[:, None, None]) / _on(self.std, x)[:, None, None]
+        return {"image": x.contiguous(), "input_hw": torch.tensor([nh, nw]), "orig_hw": torch.tensor([h, w])}
 
 
 def legacy_resized_hw(h: int, w: int, short: int, max_size: int) -> tuple[int, int]:
@@ -106,13 +185,16 @@ def _linear_taps(n_out: int, n_in: int, scale: float, clamp_weight: bool):
     return i0, np.minimum(i0 + 1, n_in - 1), wgt.astype(np.float32)
 
 
-def cv2_linear_resize(arr: np.ndarray, out_hw: tuple[int, int], scale_xy: tuple[float, float]) -> np.ndarray:
+def cv2_linear_resize(arr: np.ndarray | torch.Tensor, out_hw: tuple[int, int], scale_xy: tuple[float, float]):
     """cv2.resize(INTER_LINEAR) of a float32 (H, W, C) image as OpenCV's plain path computes it (no IPP), in
     numpy: bitwise equal (float32 products and sums, horizontal pass then vertical, no fused multiply-add).
+    A tensor (any device, any strides) goes through the same float32 operations, one kernel each.
     `scale_xy` is OpenCV's source step per output pixel: 1 / fx, or 1 / (out / in) when dsize is given."""
     h, w = arr.shape[:2]
     x0, x1, wx = _linear_taps(out_hw[1], w, scale_xy[0], True)
     y0, y1, wy = _linear_taps(out_hw[0], h, scale_xy[1], False)
+    if torch.is_tensor(arr):
+        x0, x1, wx, y0, y1, wy = (_on(a, arr) for a in (x0, x1, wx, y0, y1, wy))
     rows = arr[:, x0] * (1 - wx)[None, :, None] + arr[:, x1] * wx[None, :, None]
     return rows[y0] * (1 - wy)[:, None, None] + rows[y1] * wy[:, None, None]
 
@@ -182,6 +264,19 @@ class CaffeFloatPreprocessor:
                 "input_hw": torch.tensor([nh, nw]), "orig_hw": torch.tensor([h, w]),
                 "scale": torch.tensor(scale, dtype=torch.float64)}
 
+    def tensor_preprocess(self) -> Callable[[torch.Tensor], dict[str, Any]]:
+        """Resize `numpy`'s operations whatever `resize` says: `opencv` (cv2.resize through IPP) has no tensor form."""
+        return self._tensor
+
+    def _tensor(self, image: torch.Tensor) -> dict[str, Any]:
+        h, w = image.shape[1:]
+        # float64 minus the float64 mean, then float32: what numpy does for `im -= mean` on a float32 image
+        im = (image.flip(0).double() - _on(self.mean, image)[:, None, None]).float()
+        scale, nw, nh, step = self._sizes(w, h)
+        out = cv2_linear_resize(im.permute(1, 2, 0), (nh, nw), step).permute(2, 0, 1)
+        return {"image": out.contiguous(), "input_hw": torch.tensor([nh, nw]), "orig_hw": torch.tensor([h, w]),
+                "scale": torch.tensor(scale, dtype=torch.float64)}
+
 
 class LegacyPreprocessor:
     """scene_graph_benchmark (VinVL) build_transforms at test: Resize.get_size, PIL bilinear resize of the RGB
@@ -202,6 +297,16 @@ class LegacyPreprocessor:
         arr = np.asarray(image.resize((nw, nh), Image.BILINEAR), dtype=np.uint8)
         t = torch.from_numpy(arr.transpose(2, 0, 1).copy()).float().div(255)[[2, 1, 0]] * 255
         t = (t - self.mean) / self.std
+        return {"image": t.contiguous(), "input_hw": torch.tensor([nh, nw]), "orig_hw": torch.tensor([h, w])}
+
+    def tensor_preprocess(self) -> Callable[[torch.Tensor], dict[str, Any]]:
+        return self._tensor
+
+    def _tensor(self, image: torch.Tensor) -> dict[str, Any]:
+        h, w = image.shape[1:]
+        nh, nw = legacy_resized_hw(h, w, self.short, self.max_size)
+        t = pil_bilinear(image, (nh, nw)).div(255)[[2, 1, 0]] * 255
+        t = (t - _on(self.mean, t)) / _on(self.std, t)
         return {"image": t.contiguous(), "input_hw": torch.tensor([nh, nw]), "orig_hw": torch.tensor([h, w])}
 
 

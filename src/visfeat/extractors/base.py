@@ -5,8 +5,8 @@ Contract:
   8-bit RGB PIL image in, a dict of tensors out. It must not touch the GPU. `preprocess(image)` calls it.
   Its `needed_size(w, h)` says what size its resize makes of a (w, h) image, so `decode: draft` can decode
   JPEGs at a smaller DCT scale; an image so decoded stands for `images.full_size(image)`, which sizes and box
-  scales must use instead of `image.size`. A `TransformPreprocessor` also gives `tensor_transform()`, the same
-  steps on a uint8 tensor on the model's device (`decode: gpu`, device_decode.py).
+  scales must use instead of `image.size`. Its `tensor_preprocess()` gives the same steps as a callable on a
+  uint8 (3, H, W) tensor on the model's device, returning the same dict (`decode: gpu`, device_decode.py).
 - `collate(samples)` turns a list of those dicts into one batch (default: stack each key).
 - `forward(batch)` runs the model on `self.device` and returns one dict of numpy arrays per image, with exactly
   the fields of `fields()` (float32 unless the spec says otherwise).
@@ -59,6 +59,11 @@ class TransformPreprocessor:
 
         steps = getattr(self.transform, "transforms", [self.transform])
         return Compose([ConvertImageDtype(torch.float32) if isinstance(t, ToTensor) else t for t in steps])
+
+    def tensor_preprocess(self) -> Callable[[torch.Tensor], dict[str, Any]]:
+        """`decode: gpu`: uint8 (3, H, W) tensor -> {key: `tensor_transform()` of it}."""
+        transform, key = self.tensor_transform(), self.key
+        return lambda image: {key: transform(image)}
 
     def needed_size(self, w: int, h: int) -> tuple[int, int]:
         """The size the transform's leading `Resize` makes of a (w, h) image; (w, h) when it has none."""

@@ -20,17 +20,13 @@ COMMON_OPTIONS: dict[str, Any] = {
     "decode": "pil",
 }
 DECODE_MODES = ("pil", "draft", "gpu")
-GPU_DECODE_FAMILIES = ("clip", "timm")  # the torchvision-transform presets (CLIP, effnet, VISSL)
 
 
-def check_common(options: dict[str, Any], family: str) -> None:
+def check_common(options: dict[str, Any]) -> None:
     """The common options' values (every preset has them); raises ValueError naming the allowed ones."""
     decode = options.get("decode", "pil")
     if decode not in DECODE_MODES:
         raise ValueError(f"decode {decode!r} unknown; decode modes: {', '.join(DECODE_MODES)}")
-    if decode == "gpu" and family not in GPU_DECODE_FAMILIES:
-        raise ValueError("decode 'gpu' is for the CLIP, effnet and VISSL presets (tensor preprocessing); "
-                         "this preset takes pil or draft")
 
 # How many rows a ragged group has per image, as the field descriptions write it.
 ROWS = {"regions": "K", "cells": "H*W"}

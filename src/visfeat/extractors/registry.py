@@ -45,7 +45,7 @@ def resolve_options(name: str, options: dict[str, Any] | None = None) -> dict[st
         if k not in merged:
             raise KeyError(f"preset {name!r} has no option {k!r}; options: {', '.join(sorted(merged))}")
         merged[k] = v
-    check_common(merged, p.family)
+    check_common(merged)
     return merged
 
 
