@@ -23,10 +23,10 @@ Contract:
   returns float32 arrays, and what decides box selections (RoI coordinates, scores, regressed boxes, NMS) stays
   float32: torchvision's autocast rules run nms and roi_align in float32 (docs/presets.md "Precision").
 - `channels_last` says when the model runs in that memory format (`memory_format`; `placed(module)` and
-  `on_device(images)` apply it): oneDNN's and cuDNN's NHWC convolutions are faster, measured on this project's
-  CPU 1.3-2x (bench/README.md "Memory format"). "always"; "amp" where the fp32 outputs are the original's float
-  operations bit for bit (the detectron2-family parity fixtures, ties included, rely on it), so only AMP runs
-  change format; "never" for models with no 2D convolutions to speak of (ViTs).
+  `on_device(images)` apply it): oneDNN's and cuDNN's NHWC convolutions are faster (measured on a CPU 1.3-2x:
+  docs/presets.md "Precision"). "always"; "amp" where the fp32 outputs are the original's float operations bit
+  for bit (the detectron2-family parity fixtures, ties included, rely on it), so only AMP runs change format;
+  "never" for models with no 2D convolutions to speak of (ViTs).
 """
 from __future__ import annotations
 
