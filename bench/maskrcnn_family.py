@@ -1,6 +1,6 @@
 """The maskrcnn-benchmark family on this machine: images/s of the full-size VinVL X152-C4, VMB X-152 / X-101
 FPN and X-LXMERT grid8 models, one image at a time vs batches grouped by aspect ratio (ratio in the same run;
-on the CPU also each batch padded as one forward against the default there, equal sizes together:
+on the CPU also each batch padded as one forward against the default there, each image alone:
 `extractors.detector.group_sizes`), and with --amp on CUDA the AMP rate plus the smallest cosine of AMP vs fp32
 features on the same boxes.
 
@@ -86,11 +86,11 @@ def main() -> None:
         batched = forward_rate(ex, images, a.batch_size)
         line = (f"  {preset:14s} one at a time {one:7.3f} img/s, batches of {a.batch_size} {batched:7.3f} img/s "
                 f"({batched / one:.2f}x)")
-        if ex.group_sizes:  # the CPU default: equal sizes together; against one padded forward per batch
+        if ex.group_sizes:  # the CPU default: each image alone; against one padded forward per batch
             ex.group_sizes = False
             padded = forward_rate(ex, images, a.batch_size)
             ex.group_sizes = True
-            line += f", padded as one {padded:7.3f} img/s (grouping by size {batched / padded:.2f}x)"
+            line += f", padded as one {padded:7.3f} img/s (one at a time {batched / padded:.2f}x)"
         if a.amp and a.device == "cuda":
             amp = full_size(preset, "cuda", True)
             amp.model.load_state_dict(ex.model.state_dict())

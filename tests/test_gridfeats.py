@@ -1,6 +1,8 @@
 """grid-feats-vqa grids: parity with the original on tiny random weights, ragged storage, pooling, k-means."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -109,3 +111,13 @@ def test_a_checkpoint_without_backbone_is_refused(tmp_path):
     torch.save({"model": {"roi_heads.x": torch.zeros(1)}}, tmp_path / "x.pth")
     with pytest.raises(KeyError, match="no backbone"):
         visfeat.load_extractor("gridfeats-x152", weights=str(tmp_path / "x.pth"), device="cpu")
+
+
+def test_gridfeats_builds_without_importing_torchvision(tmp_path):
+    """Start-up is part of the speed (bench/README.md "originals.py"): torchvision costs 1.5-2.7 s to import on
+    a small CPU, and the grid backbone needs none of it."""
+    code = ("import sys, visfeat; ex = visfeat.load_extractor('gridfeats-x152', weights=sys.argv[1], device='cpu'); "
+            "print('torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(FIX / "tiny_x152.pth")], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "False", out.stderr[-2000:]

@@ -21,13 +21,16 @@ import dataclasses
 import pickle
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from ..statedict import load_strict
-from .model import DetectorSpec
 from .resnet import BLOCKS
+
+if TYPE_CHECKING:  # .model imports torchvision (2-3 s here): gridfeats reads its .pth through this module alone
+    from .model import DetectorSpec
 
 
 

@@ -14,8 +14,8 @@ Preprocessing (option `preprocess`: detectron2, maskrcnn, caffe_float) is `detec
 to `size_divisibility` (the originals pad a lone image to 32). Padding never changes an image's result: the
 backbone zeroes activations outside each canvas, the RPN uses only anchors inside it, and RoIs are pooled from
 each image's own crop of the maps (`detection.heads.per_image`), so an image gives the same regions alone or in
-any batch. Batching by aspect ratio keeps the wasted compute small; on the CPU a batch runs as groups of
-equal canvas size (`group_sizes`), no padding at all.
+any batch. Batching by aspect ratio keeps the wasted compute small; on the CPU a batch runs one image at a
+time (`group_sizes`), no padding at all.
 """
 from __future__ import annotations
 
@@ -231,21 +231,19 @@ class RegionExtractor(Extractor):
 
 
 def group_sizes(device: torch.device) -> bool:
-    """Whether a batch runs as groups of equal size (no padding) rather than padded as one: on the CPU, where
+    """Whether a batch runs one image at a time (no padding) rather than padded as one: on the CPU, where
     convolutions over the padding cost in proportion (grid8 in padded batches of 8 took 15 s/img where
-    X-LXMERT's script, one image at a time, took 6-10 s/img); not on an accelerator, where one padded batch is
-    cheaper than several small ones."""
+    X-LXMERT's script, one image at a time, took 6-10 s/img) and even a batch of equal sizes costs about twice
+    as much per image as batch 1 (bench/README.md "Originals beside ours"); not on an accelerator, where one
+    padded batch is cheaper than several small ones."""
     return torch.device(device).type == "cpu"
 
 
 def size_groups(sizes: list[tuple[int, int]], by_size: bool) -> list[list[int]]:
-    """Which images of a batch run together: with `by_size` those of equal size, else all of them."""
+    """Which images of a batch run together: with `by_size` each image alone, else all of them."""
     if not by_size:
         return [list(range(len(sizes)))]
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, hw in enumerate(sizes):
-        groups.setdefault(tuple(hw), []).append(i)
-    return list(groups.values())
+    return [[i] for i in range(len(sizes))]
 
 
 def by_size(forward, batch: dict[str, Any], sizes: list[tuple[int, int]], group: bool) -> list[dict[str, np.ndarray]]:

@@ -8,8 +8,8 @@ independently (scale: 800 short / 1333 long, Caffe's rule), no padding; an 8x8 g
 
 Differences from the script, on purpose: RGBA and grey images are converted to RGB first (the script would
 fail on RGBA); images of different sizes share a batch (zero-padded, each masked to its own extent, so the
-result equals a batch of one, which is all the script allows); on the CPU only images of equal size share a
-forward (`detector.group_sizes`).
+result equals a batch of one, which is all the script allows); on the CPU each image runs alone, as in the
+script (`detector.group_sizes`).
 """
 from __future__ import annotations
 

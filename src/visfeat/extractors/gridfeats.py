@@ -8,7 +8,8 @@ config's mean and std, no padding.
 
 Fields: `grid` rows (H*W, C) row-major per image, ragged, with `grid_hw` (H, W); or, with option `pool: [h, w]`,
 a fixed (h, w, C) grid from adaptive average pooling (not in the original: for models that want a fixed grid).
-A batch runs images of equal input size together and the others alone, so no image sees padding.
+A batch runs images of equal input size together and the others alone, so no image sees padding; on the CPU
+every image runs alone (a batch of equal sizes costs about twice as much per image there as batch 1).
 The checkpoints are detectron2 `.pth` files ({"model": state dict}); only `backbone.*` is read.
 """
 from __future__ import annotations
@@ -79,9 +80,9 @@ class GridFeatsExtractor(Extractor):
     @torch.inference_mode()
     def forward(self, batch: dict[str, Any]) -> list[dict[str, np.ndarray]]:
         images = batch["images"]
-        groups: dict[tuple[int, int], list[int]] = {}
+        groups: dict[tuple[int, int] | int, list[int]] = {}
         for i, t in enumerate(images):
-            groups.setdefault(tuple(t.shape[1:]), []).append(i)
+            groups.setdefault(i if self.device.type == "cpu" else tuple(t.shape[1:]), []).append(i)
         maps: list[torch.Tensor | None] = [None] * len(images)
         for idx in groups.values():
             x = self.on_device(torch.stack([images[i] for i in idx]))
