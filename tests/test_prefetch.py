@@ -1,5 +1,5 @@
-"""The prefetcher (prefetch.py): its thread (here on CPU tensors) keeps order, passes exceptions on and stops
-when the consumer does; `run_extraction`'s stores do not change with it; unthreaded it is the identity."""
+"""The prefetcher (prefetch.py): the identity on the CPU; its thread (forced on here, on CPU tensors) keeps
+order, passes exceptions on and stops when the consumer does; `run_extraction`'s stores do not change with it."""
 from __future__ import annotations
 
 import threading
@@ -29,13 +29,12 @@ def prefetch_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "visfeat-prefetch"]
 
 
-def test_unthreaded_is_the_identity_and_the_default_is_threaded():
+def test_cpu_default_is_the_identity():
     src = iter(batches(3))
     before = threading.active_count()
-    assert prefetch(src, "cpu", threaded=False) is src
+    assert prefetch(src, "cpu") is src
+    assert prefetch(src, torch.device("cpu"), threaded=None) is src
     assert threading.active_count() == before and not prefetch_threads()
-    with prefetch(iter(batches(3)), torch.device("cpu")) as p:
-        assert isinstance(p, prefetch_mod.Prefetcher) and len(list(p)) == 3
 
 
 def test_threaded_keeps_batches_and_order():
@@ -114,24 +113,20 @@ def jpegs(d: Path) -> Path:
 def test_run_extraction_store_unchanged_with_prefetch_thread(tmp_path, monkeypatch, workers, decode):
     items = folder_items(jpegs(tmp_path / "img"))
     ex = visfeat.load_extractor("effnet-lite0", device="cpu", decode=decode)
+    run_extraction(ex, items, tmp_path / "plain.h5", batch_size=2, workers=workers)
     made = []
     orig = prefetch_mod.prefetch
 
-    def forced(threaded):
-        def make(source, device, threaded_=None):
-            p = orig(source, device, threaded=threaded)
-            made.append(p)
-            return p
-        return make
+    def forced(source, device, threaded=None):
+        p = orig(source, device, threaded=True)
+        made.append(p)
+        return p
 
-    monkeypatch.setattr(prefetch_mod, "prefetch", forced(False))
-    run_extraction(ex, items, tmp_path / "plain.h5", batch_size=2, workers=workers)
-    monkeypatch.setattr(prefetch_mod, "prefetch", orig)
-    run_extraction(ex, items, tmp_path / "threaded.h5", batch_size=2, workers=workers)  # the default: threaded
-    assert len(made) == 1 and not isinstance(made[0], prefetch_mod.Prefetcher)
-    for t in prefetch_threads():
-        t.join(5)
-    assert not prefetch_threads()
+    monkeypatch.setattr(prefetch_mod, "prefetch", forced)
+    run_extraction(ex, items, tmp_path / "threaded.h5", batch_size=2, workers=workers)
+    assert len(made) == 1 and isinstance(made[0], prefetch_mod.Prefetcher)
+    made[0].thread.join(5)
+    assert not made[0].thread.is_alive()
     stores_identical(tmp_path / "plain.h5", tmp_path / "threaded.h5")
     s = visfeat.open(tmp_path / "threaded.h5")
     assert len(s) == 5 and [i for i, _ in s.failed] == ["broken"]

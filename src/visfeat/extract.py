@@ -184,11 +184,10 @@ def _identity(x):
 
 
 class _InProcess:
-    """`workers: 0`: the main process decodes the images itself, a batch at a time with `threads` threads (PIL's
-    decoder and resize release the GIL), in the prefetch thread while the model runs the batch before (prefetch.py).
-    No worker processes: on a CPU they cost the model's threads more than they save (README). Measured on 2 cores
-    (64 640x480 JPEGs), decode + preprocess took 3.0 -> 2.0 ms an image for effnet-lite0 and 5.0 -> 2.7 ms for
-    clip-vit-b32 with 2 threads instead of one."""
+    """`workers: 0`: the main process decodes each batch's images itself, with `threads` threads (PIL's decoder
+    and resize release the GIL), between two forwards. On a CPU the decoding and the model then take turns on
+    every core instead of competing for them: measured on 2 cores (64 640x480 JPEGs), decode + preprocess took
+    3.0 -> 2.0 ms an image for effnet-lite0 and 5.0 -> 2.7 ms for clip-vit-b32 with 2 threads instead of one."""
 
     def __init__(self, ds: _Images, indices: range, threads: int, chunk: int):
         self.ds, self.indices, self.threads, self.chunk = ds, indices, threads, chunk
@@ -203,7 +202,7 @@ class _InProcess:
 
     def __iter__(self):
         with ThreadPoolExecutor(max_workers=self.threads) as pool:
-            for a in range(0, len(self.indices), self.chunk):  # a batch at a time: bounded memory
+            for a in range(0, len(self.indices), self.chunk):  # one batch at a time: none decodes during a forward
                 yield from pool.map(self._timed, self.indices[a:a + self.chunk])
 
 
@@ -525,7 +524,7 @@ def _extract(extractor: Extractor, items: list[Item], parts: _Parts, batch_size:
     # one writer thread packs and flushes batch k while the model runs batch k+1; order is kept (one worker)
     pending: list = []
     with ThreadPoolExecutor(max_workers=1) as writer:
-        it = prefetch(_group(iter(loader), batch_size, collate), extractor.device)  # batch k+1 while k runs
+        it = prefetch(_group(iter(loader), batch_size, collate), extractor.device)  # CUDA: k+1 while k runs
         while True:
             t = time.perf_counter()
             b = next(it, None)

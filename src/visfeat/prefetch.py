@@ -1,12 +1,10 @@
-"""Overlap: while the model runs batch k, a background thread takes batch k+1 from the collated batches (so its
-decoding and collation run then) and, on CUDA, pins its images and copies them to the device on a stream of its own.
+"""Overlap on CUDA: while the model runs batch k, a background thread takes batch k+1 from the collated batches
+(so its decoding and collation run then), pins its images and copies them to the device on a stream of its own.
 
-On CUDA the consumer's stream waits on the copy's event before the batch is handed on, and every device tensor is
-marked as used there (`record_stream`), so the caching allocator never reuses its memory early. On the CPU the
-thread only overlaps decoding with the forward: the decoding threads and the model's then share the cores, which
-measured faster or even on 2 cores (bench/README.md "throughput.py": effnet-lite0 45.1 -> 54.0 img/s end to
-end, vissl-rn50-trunk 19.1 -> 19.9, clip-vit-b32 16.5 -> 16.3; a small model's forward leaves cores idle between
-its ops); DataLoader worker processes beside the model's threads, by contrast, cost it up to 40%.
+The consumer's stream waits on the copy's event before the batch is handed on, and every device tensor is marked
+as used there (`record_stream`), so the caching allocator never reuses its memory early. On the CPU `prefetch`
+is the identity: there the decoding (`extract._InProcess`) and the model take turns on every core, and a thread
+decoding during the forward would compete with the model's threads (extract.model_threads).
 
 Only image tensors (3 or more dimensions: (C, H, W) or (N, C, H, W)) travel to the device; per-image sizes and
 scales stay on the host, where the extractors read them as Python numbers (each read of a device scalar would
@@ -26,9 +24,12 @@ DEPTH = 2  # batches ready ahead of the consumer; each holds its images in devic
 _POLL_S = 0.1  # how often a producer blocked on a full queue checks whether the consumer stopped
 
 
-def prefetch(source: Iterator, device: torch.device | str, threaded: bool = True) -> Iterator:
-    """A `Prefetcher` over `source`; `source` itself when not `threaded`."""
-    return Prefetcher(source, torch.device(device)) if threaded else source
+def prefetch(source: Iterator, device: torch.device | str, threaded: bool | None = None) -> Iterator:
+    """`source` itself when not `threaded` (None: on CUDA only), else a `Prefetcher` over it."""
+    device = torch.device(device)
+    if threaded is None:
+        threaded = device.type == "cuda"
+    return Prefetcher(source, device) if threaded else source
 
 
 def _walk(obj: Any, fn: Callable[[torch.Tensor], torch.Tensor]) -> Any:
