@@ -32,10 +32,11 @@ import torch
 import visfeat
 from visfeat.detection.build import detector_spec
 from visfeat.detection.model import C4Detector
-from visfeat.extract import folder_items, run_extraction
+from visfeat.engine.items import folder_items
+from visfeat.engine.run import run_extraction
 from visfeat.extractors.registry import resolve_options
-from visfeat.images import load_image
-from visfeat.sample import install_sample
+from visfeat.sources.images import load_image
+from visfeat.sources.sample import install_sample
 
 PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg")
 

@@ -20,9 +20,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import visfeat  # noqa: E402
-from visfeat.extract import Item, run_extraction  # noqa: E402
-from visfeat.images import load_image  # noqa: E402
-from visfeat.sample import install_sample  # noqa: E402
+from visfeat.engine.items import Item
+from visfeat.engine.run import run_extraction  # noqa: E402
+from visfeat.sources.images import load_image  # noqa: E402
+from visfeat.sources.sample import install_sample  # noqa: E402
 
 FULL = {  # openai/CLIP architectures (clip/model.py build_model dims)
     "vit32": ("clip-vit-b32", dict(embed_dim=512, image_resolution=224, vision_layers=12, vision_width=768, vision_patch_size=32)),

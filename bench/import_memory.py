@@ -21,12 +21,12 @@ import json, resource, sys, time
 mode, src, out = sys.argv[1:4]
 t = time.time()
 if mode == "import":
-    from visfeat.importers import import_features
+    from visfeat.interop.importers import import_features
     n = import_features("lxmert-tsv", src, out)
 else:  # LXMERT src/utils.py load_obj_tsv: every image's arrays decoded and kept in a list
     import base64, csv
     import numpy as np
-    from visfeat.exporters import TSV_FIELDS
+    from visfeat.interop.exporters import TSV_FIELDS
     csv.field_size_limit(sys.maxsize)
     data = []
     with open(src) as f:
@@ -46,9 +46,9 @@ print(json.dumps({"images": n, "seconds": time.time() - t,
 def main() -> None:
     import json
 
-    from visfeat.exporters import export
-    from visfeat.fields import FieldSpec
-    from visfeat.store import writing
+    from visfeat.interop.exporters import export
+    from visfeat.store.format import FieldSpec
+    from visfeat.store.writer import writing
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=4000)

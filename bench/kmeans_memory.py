@@ -22,12 +22,12 @@ import numpy as np
 mode, store, k, bound, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 t = time.time()
 if mode == "visfeat":
-    from visfeat.kmeans import train
+    from visfeat.analysis.kmeans import train
     r = train([store], out, field="grid", k=k, niter=10, seed=1, max_train_vectors=bound)
     res = {"seconds_total": time.time() - t, "seconds_train": r["seconds_train"], "n": r["vectors_trained"]}
 elif mode == "faiss":
     import faiss
-    from visfeat.kmeans import sample_vectors
+    from visfeat.analysis.kmeans import sample_vectors
     x = sample_vectors([store], "grid", bound, seed=1)          # the same sample, in memory
     t = time.time()
     km = faiss.Kmeans(x.shape[1], k, niter=10, seed=1, max_points_per_centroid=-(-len(x) // k))
@@ -53,8 +53,8 @@ def main() -> None:
 
     import numpy as np
 
-    from visfeat.fields import FieldSpec
-    from visfeat.store import StoreWriter
+    from visfeat.store.format import FieldSpec
+    from visfeat.store.writer import StoreWriter
 
     tmp = Path(tempfile.mkdtemp(prefix="visfeat-kmeans-bench-"))
     store = tmp / "grid.h5"

@@ -21,16 +21,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from butd_pipeline import forward_rate  # bench/ is on sys.path when a bench script runs
 
 from visfeat.detection.build import detector_spec
 from visfeat.detection.model import C4Detector, FPNDetector
 from visfeat.extractors.detector import RegionExtractor
 from visfeat.extractors.grid8 import Grid8Extractor
 from visfeat.extractors.registry import resolve_options
-from visfeat.images import load_image
-from visfeat.sample import install_sample
-
-from butd_pipeline import forward_rate  # bench/ is on sys.path when a bench script runs
+from visfeat.sources.images import load_image
+from visfeat.sources.sample import install_sample
 
 PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg")
 

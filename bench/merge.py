@@ -25,9 +25,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from visfeat.fields import FieldSpec  # noqa: E402
-from visfeat.store import FeatureStore, StoreWriter, iter_rows, merge  # noqa: E402
-from visfeat.virtual_merge import merge_virtual  # noqa: E402
+from visfeat.store.format import FieldSpec  # noqa: E402
+from visfeat.store.merge import (
+    merge,  # noqa: E402
+    merge_virtual,  # noqa: E402
+)
+from visfeat.store.reader import FeatureStore, iter_rows
+from visfeat.store.writer import StoreWriter
 
 
 def write_shards(folder: Path, shards: int, images: int, dim: int, box_dim: int) -> tuple[list[Path], int]:

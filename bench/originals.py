@@ -84,7 +84,7 @@ def _once_after(obj, name: str, spec: dict, key: str) -> None:
 def child_ours(spec: dict) -> None:
     import torch  # noqa: F401  (the CLI imports both on its way to the model)
     import visfeat.cli
-    import visfeat.extract  # noqa: F401
+    import visfeat.engine.run  # noqa: F401
     import visfeat.extractors.registry as registry
 
     importlib.import_module(registry.get_preset(spec["preset"]).builder.split(":")[0])  # what load_extractor imports

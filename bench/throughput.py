@@ -33,21 +33,22 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import butd_pipeline  # bench/ is on sys.path when a bench script runs
+import clip_pipeline  # (puts tests/ on sys.path: tiny_models)
+import maskrcnn_family
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
 import visfeat
-from visfeat.extract import Item, aspect_order, run_extraction
+from visfeat.engine.items import Item
+from visfeat.engine.loaders import aspect_order
+from visfeat.engine.run import run_extraction
 from visfeat.extractors.base import Extractor
 from visfeat.extractors.preset import DECODE_MODES  # the `decode` option's check accepts these
 from visfeat.extractors.registry import resolve_options
-from visfeat.images import load_image
-from visfeat.sample import install_sample
-
-import butd_pipeline  # bench/ is on sys.path when a bench script runs
-import clip_pipeline  # (puts tests/ on sys.path: tiny_models)
-import maskrcnn_family
+from visfeat.sources.images import load_image
+from visfeat.sources.sample import install_sample
 
 FIX = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 FAMILIES = {  # family: the preset timed

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 @pytest.fixture(scope="session")
 def sample_dir(tmp_path_factory) -> Path:
-    from visfeat.sample import install_sample
+    from visfeat.sources.sample import install_sample
 
     d = tmp_path_factory.mktemp("sample")
     install_sample(d)

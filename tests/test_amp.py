@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from photos import iou, photo
 
 import visfeat
-from photos import iou, photo
 
 FIX = Path(__file__).parent / "fixtures"
 NAMES = ("chelsea.png", "rocket.jpg")

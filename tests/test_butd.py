@@ -17,11 +17,13 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from photos import assert_same_regions, photo
 from PIL import Image
 
 import visfeat
-from visfeat.extract import Item, aspect_order, folder_items, run_extraction
-from photos import assert_same_regions, photo
+from visfeat.engine.items import Item, folder_items
+from visfeat.engine.loaders import aspect_order
+from visfeat.engine.run import run_extraction
 
 FIX = Path(__file__).parent / "fixtures" / "butd"
 WEIGHTS = FIX / "tiny_attr.pkl"
@@ -120,7 +122,7 @@ def test_aspect_order_groups_shapes_and_is_stable(tmp_path):
 
 
 def test_vocabularies_ship():
-    from visfeat.vocab import words_for
+    from visfeat.extractors.vocab import words_for
 
     for preset in ("butd-r101-36", "butd-r101-10-100"):
         objs, attrs = words_for(preset)
@@ -185,7 +187,7 @@ def test_store_holds_ragged_regions(region_store):
 
 
 def test_lxmert_exports_read_back_like_their_loaders(region_store, tmp_path):
-    from visfeat.exporters import export
+    from visfeat.interop.exporters import export
 
     path, _ = region_store
     s = visfeat.open(path)
@@ -254,7 +256,6 @@ def test_forced_boxes_from_the_command_line(region_store, tmp_path):
 def test_workflow_region_features_and_given_boxes_from_config(tmp_path, sample_dir):
     """Real snakemake: a placed official-layout weights file, a region instance and a forced-boxes instance."""
     import yaml
-
     from conftest import copy_workflow, snakemake
 
     wd = copy_workflow(tmp_path)
@@ -284,9 +285,9 @@ def test_workflow_region_features_and_given_boxes_from_config(tmp_path, sample_d
 
 
 def test_report_figures_name_classes_and_attributes_in_words(region_store, tmp_path):
-    from visfeat.report import _label, feature_report
-    from visfeat.store import FeatureStore
-    from visfeat.vocab import words_for
+    from visfeat.analysis.report import _label, feature_report
+    from visfeat.extractors.vocab import words_for
+    from visfeat.store.reader import FeatureStore
 
     path, imgs = region_store
     paths = feature_report(str(path), str(tmp_path / "rep"), root=str(imgs))

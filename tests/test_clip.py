@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_models import original_clip_module
 from torchvision import transforms as T
 
 import visfeat
-from tiny_models import original_clip_module
 
 PHOTOS = ["chelsea.png", "rocket.jpg", "coffee.png", "camera.png"]
 CASES = [  # preset, tiny model, grid pool, squash 448 (clip-rn101 runs clip-rn50's code path at the same size)
@@ -91,8 +91,9 @@ def test_clip_global_not_normalised_and_text(tiny_clip, tmp_path):
     np.testing.assert_allclose(ex.encode_text(caps), ref, rtol=1e-4, atol=1e-5)
 
     (tmp_path / "caps.txt").write_text("chelsea\tA cat sitting on a sofa.\nchelsea\tA tabby cat\ncoffee\ttwo espresso cups\n")
-    from visfeat.text import embed_captions
     import h5py
+
+    from visfeat.engine.text import embed_captions
 
     assert embed_captions("clip-vit-b32", str(tmp_path / "caps.txt"), str(tmp_path / "t.h5"), weights=str(ts_path)) == 3
     with h5py.File(tmp_path / "t.h5") as f:

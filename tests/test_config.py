@@ -1,7 +1,7 @@
 import pytest
-
-from visfeat.config import ConfigError, validate_config
 from conftest import REPO
+
+from visfeat.workflow.config import ConfigError, validate_config
 
 SCHEMA = str(REPO / "workflow/schemas/config.schema.yaml")
 
@@ -29,6 +29,11 @@ def test_defaults_filled():
     ({"features": [{"datasets": ["nope"], "extractors": ["effnet-lite0"]}]}, "config: features.0.datasets: 'nope' is not defined"),
     ({"bogus": 1}, "config: bogus: unknown key"),
     ({"datasets": {"s": {"source": "coco_val2041"}}}, "config: datasets.s.source: unknown source 'coco_val2041'"),
+    # given boxes are a capability of the region presets, not of the detector env's grid presets
+    ({"extractors": {"gridfeats-r50": {"boxes": "b.npz"}}, "features": []},
+     "config: extractors.gridfeats-r50.boxes: preset gridfeats-r50 takes no boxes"),
+    ({"extractors": {"grid8-x152": {"boxes": "b.npz"}}, "features": []},
+     "config: extractors.grid8-x152.boxes: preset grid8-x152 takes no boxes"),
 ])
 def test_bad_config_one_clear_line(over, message):
     with pytest.raises(ConfigError) as e:
@@ -37,7 +42,7 @@ def test_bad_config_one_clear_line(over, message):
 
 
 def test_workflow_args_from_the_validated_config():
-    from visfeat.workflow_args import WorkflowArgs
+    from visfeat.workflow.args import WorkflowArgs
 
     reg = {"datasets": {}, "archives": {}}
     c = validate_config(_cfg(extractors={"effnet-lite0": {"amp": True, "device": "cpu", "exif": False}}), SCHEMA)

@@ -6,14 +6,14 @@ import re
 
 import pytest
 import yaml
+from conftest import REPO, copy_workflow, snakemake
+from http_server import FileServer, zip_bytes
 from PIL import Image
 
 import visfeat
-from conftest import REPO, copy_workflow, snakemake
-from http_server import FileServer, zip_bytes
-from visfeat.config import load_registry
-from visfeat.datasets import build_manifest, missing_ids
-from visfeat.splits import pairs_from_coco_annotation, pairs_from_karpathy
+from visfeat.sources.manifest import build_manifest, missing_ids
+from visfeat.sources.splits import pairs_from_coco_annotation, pairs_from_karpathy
+from visfeat.workflow.config import load_registry
 
 REG = load_registry(str(REPO / "config/datasets.yaml"))
 

@@ -1,14 +1,11 @@
 import hashlib
 
 import pandas as pd
-
-from visfeat.sample import SAMPLE_PHOTOS
 import pytest
 
-from visfeat.datasets import (
-    DatasetError, assign_ids, build_manifest, read_image_list, scan_folder, shard_index, shard_of,
-    write_shard,
-)
+from visfeat.sources.folder import DatasetError, assign_ids, read_image_list, scan_folder
+from visfeat.sources.manifest import build_manifest, shard_index, shard_of, write_shard
+from visfeat.sources.sample import SAMPLE_PHOTOS
 
 
 def _touch_images(root, names):

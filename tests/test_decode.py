@@ -13,13 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from photos import cosine, iou, photo
 from PIL import Image
 
 import visfeat
-from photos import cosine, iou, photo
-from visfeat.extract import folder_items, run_extraction
+from visfeat.engine.items import folder_items
+from visfeat.engine.run import run_extraction
 from visfeat.extractors.registry import resolve_options
-from visfeat.images import full_size, header_size, load_image
+from visfeat.sources.images import full_size, header_size, load_image
 
 FIX = Path(__file__).parent / "fixtures"
 PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg")
@@ -132,8 +133,9 @@ def test_unknown_decode_mode_names_the_allowed_ones():
 
 def test_decode_in_the_config_reaches_the_command_line():
     from conftest import REPO
-    from visfeat.config import ConfigError, validate_config
-    from visfeat.workflow_args import WorkflowArgs
+
+    from visfeat.workflow.args import WorkflowArgs
+    from visfeat.workflow.config import ConfigError, validate_config
 
     schema = str(REPO / "workflow/schemas/config.schema.yaml")
 

@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from photos import cosine, photo
 from PIL import Image
+from test_decode import FAMILIES, PHOTOS, damaged_jpegs, extract, jpegs, rotated_and_png
 
 import visfeat
-from photos import cosine, photo
-from test_decode import FAMILIES, PHOTOS, damaged_jpegs, extract, jpegs, rotated_and_png
 from visfeat.detection.preprocess import DetectorPreprocessor, pil_bilinear
 from visfeat.extractors.registry import resolve_options
-from visfeat.images import load_image
+from visfeat.sources.images import load_image
 
 OPENCV_MAX_DIFF = 0.01  # grey levels: cv2.resize (IPP) against its plain path (measured <= 0.004 at 640x480)
 # (w, h): COCO-like (enlarged to 600/1000 or 800/1333), large (shrunk), tall (Pillow 13 runs the vertical pass

@@ -2,13 +2,10 @@ import hashlib
 import tarfile
 
 import pytest
-
 from http_server import FileServer, zip_bytes
-from visfeat.download import ChecksumError, DownloadError, download, unpack
-from visfeat.weights import WeightFile, WeightsMissing, fetch
 
-
-
+from visfeat.extractors.weights import WeightFile, WeightsMissing, fetch
+from visfeat.sources.download import ChecksumError, DownloadError, download, unpack
 
 DATA = bytes(range(256)) * 4096  # 1 MiB
 SHA = hashlib.sha256(DATA).hexdigest()

@@ -9,11 +9,14 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from throttle import throttled_env
 
 import visfeat
-from throttle import throttled_env
-from visfeat import extract
-from visfeat.extract import _Forward, folder_items, read_list, run_extraction
+import visfeat.engine.run
+from visfeat.engine.forward import Forward
+from visfeat.engine.items import folder_items, read_list
+from visfeat.engine.loaders import ImageSamples
+from visfeat.engine.run import run_extraction
 from visfeat.extractors.base import Extractor, FieldSpec
 
 
@@ -45,7 +48,7 @@ def test_effnet_pipeline_equals_direct_model_and_classifies(sample_dir, bad_dir,
         assert reason.startswith(cases[k])
     assert res["images"] == len(s) == len(items) - len(failed)
     # direct: the same images one at a time through the model
-    from visfeat.images import load_image
+    from visfeat.sources.images import load_image
 
     for it in items[:3]:
         x = ex.preprocess(load_image(it.abspath))["image"][None]
@@ -68,7 +71,7 @@ def test_in_process_decoding_equals_workers_and_waits_for_the_forward(sample_dir
     ex = visfeat.load_extractor("effnet-lite0", device="cpu")
     run_extraction(ex, items, tmp_path / "workers.h5", batch_size=3, workers=2)
     state = {"forward": False, "overlaps": 0, "threads": set()}
-    images = extract._Images.__getitem__
+    images = ImageSamples.__getitem__
     forward = ex.forward
 
     def decode(self, i):
@@ -83,8 +86,8 @@ def test_in_process_decoding_equals_workers_and_waits_for_the_forward(sample_dir
         finally:
             state["forward"] = False
 
-    monkeypatch.setattr(extract._Images, "__getitem__", decode)
-    monkeypatch.setattr(extract, "model_threads", lambda extractor, workers: 2)
+    monkeypatch.setattr(ImageSamples, "__getitem__", decode)
+    monkeypatch.setattr(visfeat.engine.run, "model_threads", lambda extractor, workers: 2)
     monkeypatch.setattr(ex, "forward", timed_forward)
     run_extraction(ex, items, tmp_path / "inproc.h5", batch_size=3, workers=0)
     stores_identical(tmp_path / "workers.h5", tmp_path / "inproc.h5")
@@ -120,7 +123,7 @@ def test_after_flush_hook_runs_once_each_batch_is_on_disk(sample_dir, tmp_path, 
     """The hook the kill-and-resume tests slow a child down with (see tests/throttle.py)."""
     parts = tmp_path / "h.h5.parts"
     seen = []
-    monkeypatch.setattr(extract, "after_flush", lambda k: seen.append((k, len(list(parts.glob("b*.npz"))))))
+    monkeypatch.setattr(visfeat.engine.run, "after_flush", lambda k: seen.append((k, len(list(parts.glob("b*.npz"))))))
     items = folder_items(sample_dir)
     run_extraction(visfeat.load_extractor("effnet-lite0", device="cpu"), items, tmp_path / "h.h5", batch_size=2,
                    workers=0)
@@ -151,7 +154,7 @@ class _OOMOnce(Extractor):
 
 def test_oom_halves_batch_and_goes_on():
     ex = _OOMOnce(limit=3)
-    fwd = _Forward(ex, cap=8)
+    fwd = Forward(ex, cap=8)
     out = fwd({"v": torch.arange(8.0)}, 8)
     assert [o["x"][0] for o in out] == list(range(8)) and fwd.cap == 2
     assert ex.calls == [8, 4, 2, 2, 2, 2]

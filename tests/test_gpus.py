@@ -6,11 +6,10 @@ import time
 
 import pytest
 import yaml
-
 from conftest import copy_workflow, snakemake
 from throttle import throttled_env
 
-CLAIM = "from visfeat.gpus import claim_gpu; import os, sys, time; claim_gpu(poll=0.2); " \
+CLAIM = "from visfeat.engine.gpus import claim_gpu; import os, sys, time; claim_gpu(poll=0.2); " \
         "print(os.environ['CUDA_VISIBLE_DEVICES'], flush=True); time.sleep(float(sys.argv[1]))"
 
 
@@ -35,7 +34,7 @@ def test_concurrent_jobs_get_distinct_gpus_and_third_waits(tmp_path):
 def test_single_or_scheduler_given_gpu_is_left_alone(tmp_path):
     for visible in ("3", ""):
         env = {**os.environ, "CUDA_VISIBLE_DEVICES": visible}
-        out = subprocess.run([sys.executable, "-c", "from visfeat.gpus import claim_gpu; print(claim_gpu())"],
+        out = subprocess.run([sys.executable, "-c", "from visfeat.engine.gpus import claim_gpu; print(claim_gpu())"],
                              env=env, capture_output=True, text=True, check=True)
         assert out.stdout.strip() == "None"
 

@@ -11,7 +11,8 @@ import torch
 from PIL import Image
 
 import visfeat
-from visfeat.extract import folder_items, run_extraction
+from visfeat.engine.items import folder_items
+from visfeat.engine.run import run_extraction
 
 FIX = Path(__file__).parent / "fixtures" / "gridfeats"
 WEIGHTS = FIX / "tiny_x152.pth"
@@ -65,7 +66,7 @@ def tiny_r50(tmp_path_factory) -> Path:
 
 
 def test_ragged_grid_store_and_kmeans_codes(tiny_r50, sample_dir, tmp_path):
-    from visfeat.kmeans import assign, train
+    from visfeat.analysis.kmeans import assign, train
 
     ex = visfeat.load_extractor("gridfeats-r50", weights=str(tiny_r50), device="cpu")
     items = folder_items(sample_dir)[:4]
@@ -86,7 +87,7 @@ def test_ragged_grid_store_and_kmeans_codes(tiny_r50, sample_dir, tmp_path):
     train([str(tmp_path / "g.h5")], str(tmp_path / "c.h5"), field="grid", k=8, niter=5, seed=0, gpu="no")
     assign(str(tmp_path / "g.h5"), str(tmp_path / "c.h5"), str(tmp_path / "codes.h5"), gpu="no")
     codes = visfeat.open(tmp_path / "codes.h5")
-    from visfeat.report import kmeans_report
+    from visfeat.analysis.report import kmeans_report
 
     figs = kmeans_report(str(tmp_path / "c.h5"), str(tmp_path / "codes.h5"), str(tmp_path / "rep"), root=str(sample_dir))
     assert all(Image.open(f).width >= 400 for f in figs)

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from photos import assert_same_regions, photo
 
 import visfeat
-from photos import assert_same_regions, photo
 
 FIX = Path(__file__).parent / "fixtures" / "butd_hard"
 CONFIG = json.loads((FIX / "config.json").read_text())

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from photos import cosine, photo
 
 import visfeat
-from photos import cosine, photo
 
 FIX = Path(__file__).parent / "fixtures"
 HARD = FIX / "vinvl_hard"

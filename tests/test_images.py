@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visfeat.images import ImageError, header_size, load_image
+from visfeat.sources.images import ImageError, header_size, load_image
 
 
 def test_edge_cases_decode_or_fail_with_reason(bad_dir):

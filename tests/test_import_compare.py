@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 import visfeat
-from visfeat.compare import compare
-from visfeat.exporters import export
-from visfeat.fields import FieldSpec
-from visfeat.importers import import_features
-from visfeat.store import writing
+from visfeat.interop.compare import compare
+from visfeat.interop.exporters import export
+from visfeat.interop.importers import import_features
+from visfeat.store.format import FieldSpec
+from visfeat.store.writer import writing
 
 FIELDS = ("features", "boxes", "obj_id", "obj_conf", "attr_id", "attr_conf", "num_boxes", "image_hw")
 
@@ -94,7 +94,7 @@ def test_export_by_file_stem_and_import_by_id_style(tmp_path):
     """LXMERT's and X-LXMERT's COCO files name images by file stem (COCO_val2014_000000000042) where the registry's
     `coco` ids are numbers (42): `names="stem"` exports as the originals name them, and importing under the
     dataset's id_style gives the extraction's ids back, so `compare` matches image for image."""
-    from visfeat.datasets import DatasetError
+    from visfeat.sources.folder import DatasetError
 
     rows = dict(zip(("42", "73", "391895"), random_rows(4, 3).values()))
     paths = {i: f"val2014/COCO_val2014_{int(i):012d}.jpg" for i in rows}
@@ -152,7 +152,6 @@ def test_workflow_takes_published_features_when_configured(tmp_path):
     import zipfile
 
     import yaml
-
     from conftest import copy_workflow, snakemake
     from http_server import FileServer
 
@@ -198,7 +197,6 @@ def test_registry_published_entry_matches_dataset_source_preset_and_options(tmp_
     """LXMERT's val2014 obj36 TSV stands for coco_val2014 x butd-r101-10-100 at 36/36 boxes: planned (-n, no
     network) as download + import; the same preset at its 10-100 default is refused at start."""
     import yaml
-
     from conftest import copy_workflow, snakemake
 
     wd = copy_workflow(tmp_path)
@@ -220,7 +218,6 @@ def test_registry_published_entry_matches_dataset_source_preset_and_options(tmp_
 def test_registry_xlxmert_grid8_and_boxes36_entries_plan_download_and_import(tmp_path):
     """X-LXMERT's published files: nlvr2 dev grid8 (grid8-x152) and boxes36 (vmb-x152 at 36 boxes), planned."""
     import yaml
-
     from conftest import copy_workflow, snakemake
 
     wd = copy_workflow(tmp_path)

@@ -10,14 +10,15 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from conftest import copy_workflow, snakemake
 
 import visfeat
-from conftest import copy_workflow, snakemake
-from visfeat.datasets import shard_index
-from visfeat.extract import folder_items, run_extraction
-from visfeat.reuse import PreviousStore, content_sha256, extractor_signature, with_hashes
+from visfeat.engine.items import content_sha256, folder_items, with_hashes
+from visfeat.engine.reuse import PreviousStore, extractor_signature
+from visfeat.engine.run import run_extraction
 from visfeat.extractors.base import Extractor
-from visfeat.fields import FieldSpec
+from visfeat.sources.manifest import shard_index
+from visfeat.store.format import FieldSpec
 
 N_IMAGES, SHARDS = 1000, 2
 EXTRACTOR = "clip-vit-b32"
@@ -232,7 +233,9 @@ def test_ragged_aspect_grouped_rerun_equals_a_clean_run(tmp_path, monkeypatch):
 def test_store_bytes_depend_on_the_rows_not_on_how_they_were_appended(tmp_path, monkeypatch):
     """StoreWriter writes fixed blocks whatever the `append` sizes (reused and new rows interleave in a rerun),
     `created` follows SOURCE_DATE_EPOCH, and merge carries the images' sha256."""
-    from visfeat.store import WRITE_BLOCK, StoreWriter, merge
+    from visfeat.store.format import WRITE_BLOCK
+    from visfeat.store.merge import merge
+    from visfeat.store.writer import StoreWriter
 
     specs = [FieldSpec("global", (3,)), FieldSpec("boxes", (4,), ragged="regions")]
     n = 2 * WRITE_BLOCK + 37
@@ -273,5 +276,5 @@ def test_a_rerun_with_nothing_to_extract_imports_no_torch(tmp_path):
     import subprocess
     import sys
 
-    code = "import sys, visfeat.cli, visfeat.extract, visfeat.reuse, visfeat.store; print('torch' in sys.modules)"
+    code = "import sys, visfeat.cli, visfeat.engine.run, visfeat.engine.reuse, visfeat.store.reader; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"

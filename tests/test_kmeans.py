@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import visfeat
-from visfeat.fields import FieldSpec
-from visfeat.kmeans import KMeansError, assign, count_vectors, sample_vectors, train
-from visfeat.store import StoreWriter
+from visfeat.analysis.kmeans import KMeansError, assign, count_vectors, sample_vectors, train
+from visfeat.store.format import FieldSpec
+from visfeat.store.writer import StoreWriter
 
 K, D, H, W = 8, 32, 4, 4
 

@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from photos import assert_same_regions, cosine, photo, top_boxes
 
 import visfeat
-from visfeat.extract import folder_items, run_extraction
-from photos import assert_same_regions, cosine, photo, top_boxes
+from visfeat.engine.items import folder_items
+from visfeat.engine.run import run_extraction
 
 FIX = Path(__file__).parent / "fixtures"
 VINVL = FIX / "vinvl" / "tiny_vinvl.pth"
@@ -182,7 +183,7 @@ def test_mmf_npy_export_reads_like_mmf(tmp_path, preset, weights):
         photo(n).save(imgs / (Path(n).stem + ".png"))
     ex = visfeat.load_extractor(preset, weights=str(weights), device="cpu")
     run_extraction(ex, folder_items(imgs), tmp_path / "r.h5", batch_size=2, workers=1)
-    from visfeat.exporters import export
+    from visfeat.interop.exporters import export
 
     assert export("mmf-npy", str(tmp_path / "r.h5"), str(tmp_path / "mmf")) == 2
     store = visfeat.open(tmp_path / "r.h5")
@@ -213,7 +214,7 @@ def test_labelmaps_from_the_weights_folder(tmp_path):
     """The labelmaps are fetched beside the weights; ids (0-based) read as their words (VinVL's file: 1-based)."""
     import json
 
-    from visfeat.vocab import words_for
+    from visfeat.extractors.vocab import words_for
 
     assert words_for("vinvl-x152c4", tmp_path) is None  # not placed: no words, ids stay ids
     d = tmp_path / "vinvl-x152c4"
@@ -258,10 +259,10 @@ def test_workflow_vinvl_with_placed_weights_and_labelmap(tmp_path, sample_dir):
     import json
 
     import yaml
-
     from conftest import copy_workflow, snakemake
-    from visfeat.report import _label
-    from visfeat.vocab import words_for
+
+    from visfeat.analysis.report import _label
+    from visfeat.extractors.vocab import words_for
 
     wd = copy_workflow(tmp_path)
     d = wd / "shared_res/weights/vinvl-x152c4"

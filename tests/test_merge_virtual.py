@@ -16,13 +16,14 @@ import pytest
 import yaml
 
 import visfeat
-from visfeat.compare import compare
-from visfeat.exporters import EXPORTERS, export
 from visfeat.extractors.registry import get_preset, resolve_options
-from visfeat.fields import FieldSpec
-from visfeat.inspect import describe
-from visfeat.store import StoreError, StoreWriter, iter_rows, merge
-from visfeat.virtual_merge import SOURCES, merge_virtual
+from visfeat.interop.compare import compare
+from visfeat.interop.exporters import EXPORTERS, export
+from visfeat.store.format import SOURCES, FieldSpec, StoreError
+from visfeat.store.inspect import describe
+from visfeat.store.merge import merge, merge_virtual
+from visfeat.store.reader import iter_rows
+from visfeat.store.writer import StoreWriter
 
 SMALL = {"C": 6, "D": 5}  # the presets' named dims, small: the layouts are the presets', the sizes tiny
 KINDS = {"regions": "vinvl-x152c4",  # ragged regions incl. (K, 16) attribute lists
@@ -183,13 +184,13 @@ def test_virtual_store_reads_as_the_copied_one_through_every_reader(kind, tmp_pa
     # compare: the virtual store against the copy agrees perfectly, and equals the copy against itself
     assert compare(str(virt), str(copy)) == compare(str(copy), str(copy))
     # the report's figures
-    from visfeat.report import feature_report
+    from visfeat.analysis.report import feature_report
 
     for p, q in zip(feature_report(str(copy), str(tmp_path / "rep-copy"), weights_root=str(tmp_path)),
                     feature_report(str(virt), str(tmp_path / "rep-virt"), weights_root=str(tmp_path)), strict=True):
         assert p.name == q.name and p.read_bytes() == q.read_bytes(), p.name
     # k-means: the same sample, centroids and codes
-    from visfeat import kmeans
+    from visfeat.analysis import kmeans
 
     field = {"regions": "features", "cells": "grid", "fixed": "grid"}[kind]
     for s in ("copy", "virt"):
@@ -324,7 +325,7 @@ def test_reads_spanning_more_shards_than_the_open_file_limit(tmp_path):
 def test_random_reads_hold_a_bounded_number_of_shard_files_open(tmp_path):
     """HDF5 keeps every shard file a virtual dataset has read from open until it closes: `FeatureStore.row` closes
     its fields past ShardWindow.OPEN_SHARDS shard files, so random reads over 150 shards stay bounded."""
-    from visfeat.virtual_merge import ShardWindow
+    from visfeat.store.vds import ShardWindow
 
     shards = write_shards(tmp_path / "ds/x/shards", KINDS["regions"], sizes=(2,) * 150)
     merge(shards, tmp_path / "ds/copy.h5")
@@ -373,8 +374,9 @@ def test_workflow_merge_virtual_equals_merge_copy(tmp_path):
 
 def test_config_key_defaults_to_copy_and_reaches_the_merge_command():
     from conftest import REPO
-    from visfeat.config import ConfigError, validate_config
-    from visfeat.workflow_args import WorkflowArgs
+
+    from visfeat.workflow.args import WorkflowArgs
+    from visfeat.workflow.config import ConfigError, validate_config
 
     schema = str(REPO / "workflow/schemas/config.schema.yaml")
     cfg = {"datasets": {"s": {"source": "sample", "shards": 3}, "v": {"source": "sample", "merge": "virtual"}},

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from photos import photo
 from PIL import Image
+from test_extract import stores_identical
 
 import visfeat
-from photos import photo
-from test_extract import stores_identical
-from visfeat import prefetch as prefetch_mod
-from visfeat.extract import folder_items, run_extraction
-from visfeat.prefetch import prefetch
+from visfeat.engine import prefetch as prefetch_mod
+from visfeat.engine.items import folder_items
+from visfeat.engine.prefetch import prefetch
+from visfeat.engine.run import run_extraction
 
 
 def batches(n: int) -> list[dict]:

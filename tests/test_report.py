@@ -6,10 +6,10 @@ import zipfile
 
 import numpy as np
 import pytest
+from conftest import copy_workflow, snakemake
 from PIL import Image
 
-from conftest import copy_workflow, snakemake
-from visfeat.report import grid_extent
+from visfeat.analysis.report import grid_extent
 
 FEATURE_FIGURES = {"samples.png", "norms.png", "classes.png", "failures.png", "throughput.png"}
 KMEANS_FIGURES = {"objective.png", "cluster_sizes.png", "codes.png"}
@@ -31,6 +31,10 @@ def test_report_has_every_figure(tmp_path):
             im = Image.open(io.BytesIO(z.read(pngs[name])))
             assert im.format == "PNG" and im.width >= 400 and im.height >= 150, (name, im.size)
             assert len(np.unique(np.asarray(im.convert("L")))) > 8, name  # not a blank canvas
+        # the throughput figure has its bars (matplotlib's tab:purple), not the "no data" text
+        rgb = np.asarray(Image.open(io.BytesIO(z.read(pngs["throughput.png"]))).convert("RGB")).astype(int)
+        bars = (np.abs(rgb - [0x94, 0x67, 0xbd]).sum(-1) < 30).sum()
+        assert bars > 500, f"throughput.png has no bars ({bars} purple pixels)"
 
     out = tmp_path / "chelsea.png"
     subprocess.run([sys.executable, "-m", "visfeat", "show", str(wd / "results/sample/effnet-lite0.h5"), "chelsea",

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from photos import assert_same_regions, cosine, iou, photo, top_boxes
 from PIL import Image
 
 import visfeat
 from visfeat.detection.preprocess import CaffeFloatPreprocessor
-from photos import assert_same_regions, cosine, iou, photo, top_boxes
 
 FIX = Path(__file__).parent / "fixtures"
 WEIGHTS = FIX / "vmb" / "tiny_x152_fpn.pth"

@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-import visfeat
-
 from conftest import copy_workflow, snakemake
 from slurm_cluster import LocalSlurm, unavailable_reason
 from test_extract import stores_identical
 from throttle import throttled_env
+
+import visfeat
 
 REASON = unavailable_reason()
 pytestmark = [pytest.mark.slurm, pytest.mark.skipif(REASON is not None, reason=REASON or "")]

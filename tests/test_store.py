@@ -5,8 +5,9 @@ import pytest
 import torch
 
 import visfeat
-from visfeat.fields import FieldSpec
-from visfeat.store import StoreError, StoreWriter, merge
+from visfeat.store.format import FieldSpec, StoreError
+from visfeat.store.merge import merge
+from visfeat.store.writer import StoreWriter
 
 SPECS = [FieldSpec("global", (4,)), FieldSpec("boxes", (4,), ragged="regions"), FieldSpec("obj_id", (), "int64", "regions")]
 

@@ -15,13 +15,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from conftest import REPO, copy_workflow, snakemake
+from http_server import FileServer
 from PIL import Image
 
 import visfeat
-from conftest import REPO, copy_workflow, snakemake
-from http_server import FileServer
-from visfeat.config import ConfigError, validate_config
-from visfeat.datasets import scan_img2dataset
+from visfeat.sources.tars import scan_img2dataset
+from visfeat.workflow.config import ConfigError, validate_config
 
 IMG2DATASET = REPO / ".venv-img2dataset/bin/img2dataset"
 PHOTOS = ["chelsea.png", "coffee.png", "rocket.jpg", "astronaut.png", "horse.png"]
@@ -101,7 +101,7 @@ def test_config_names_the_urls_key(tmp_path):
     (tmp_path / "l.csv").write_text("url\n")
     cfg = validate_config({**base, "datasets": {"web": {"source": "urls", "urls": "l.csv", "shards": 3}}}, schema,
                           base_dir=str(tmp_path))
-    from visfeat.workflow_args import WorkflowArgs
+    from visfeat.workflow.args import WorkflowArgs
 
     args = WorkflowArgs(cfg, {"datasets": {}, "archives": {}})
     assert args.shard_count("web") == 3 and args.dataset_root("web") == "."

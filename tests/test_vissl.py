@@ -12,7 +12,7 @@ from torchvision import transforms as T
 
 import visfeat
 from visfeat.cli import main as cli_main
-from visfeat.vissl_features import ExtractedFeaturesLoader
+from visfeat.interop.vissl_features import ExtractedFeaturesLoader
 
 PHOTOS = ["chelsea.png", "rocket.jpg", "coffee.png", "camera.png"]
 LAYER_SHAPES = {  # /work reference: the docs' map at 224 px
@@ -273,7 +273,7 @@ features: [{datasets: [s], extractors: [rn50-res4-res5]}]
 """)
     code = f"""
 import sys, yaml
-from visfeat.config import ConfigError, validate_config
+from visfeat.workflow.config import ConfigError, validate_config
 schema = {str(REPO / 'workflow/schemas/config.schema.yaml')!r}
 c = yaml.safe_load(open({str(cfg)!r}))
 validate_config(c, schema)

@@ -10,9 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from visfeat.datasets import DatasetError, expand_braces, scan_webdataset, shard_of, tar_paths
-from visfeat.extract import manifest_items
-from visfeat.images import ImageError, load_image, load_tar_member
+from visfeat.engine.items import manifest_items
+from visfeat.sources.folder import DatasetError
+from visfeat.sources.images import ImageError, load_image, load_tar_member
+from visfeat.sources.manifest import shard_of
+from visfeat.sources.tars import expand_braces, scan_webdataset, tar_paths
 
 
 def write_tar(path: Path, samples: dict[str, dict[str, bytes]]) -> Path:
@@ -115,8 +117,8 @@ def test_text_embeds_the_manifest_captions(tmp_path, tiny_clip):
     embeddings equal those of the same captions given as an image_id<TAB>caption file."""
     import h5py
 
-    from visfeat.datasets import write_manifest
-    from visfeat.text import embed_captions, read_captions
+    from visfeat.engine.text import embed_captions, read_captions
+    from visfeat.sources.manifest import write_manifest
 
     write_tar(tmp_path / "00000.tar", {"k0": img2dataset_sample(0, "a cat"), "k1": {"jpg": jpeg(1)},
                                        "k2": img2dataset_sample(2, "two cups")})
@@ -158,10 +160,11 @@ def test_text_of_a_dataset_plans_after_its_manifest_and_needs_captions(tmp_path)
 
 
 def test_report_draws_images_read_in_place_from_their_tars(tmp_path):
-    from visfeat.datasets import write_manifest
-    from visfeat.fields import FieldSpec
-    from visfeat.report import _image
-    from visfeat.store import FeatureStore, writing
+    from visfeat.analysis.report import _image
+    from visfeat.sources.manifest import write_manifest
+    from visfeat.store.format import FieldSpec
+    from visfeat.store.reader import FeatureStore
+    from visfeat.store.writer import writing
 
     write_tar(tmp_path / "00000.tar", {"k0": img2dataset_sample(0, "a cat"), "k1": img2dataset_sample(1, "a dog")})
     manifest = tmp_path / "manifest.parquet"

@@ -3,24 +3,25 @@ import hashlib
 import io
 import os
 import shutil
-import zipfile
 import signal
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import yaml
-
-import visfeat
 from conftest import copy_workflow, snakemake
 from http_server import FileServer
 from test_extract import stores_identical
 from throttle import throttled_env
-from visfeat.extract import folder_items, run_extraction
+
+import visfeat
+from visfeat.engine.items import folder_items
+from visfeat.engine.run import run_extraction
 
 pytestmark = pytest.mark.workflow
 
@@ -37,7 +38,7 @@ def test_default_run_classifies_like_the_model(default_run):
     s = visfeat.open(wd / "results/sample/effnet-lite0.h5")
     assert len(s) == 8 and s.failed == []
     ex = visfeat.load_extractor("effnet-lite0", device="cpu")
-    from visfeat.images import load_image
+    from visfeat.sources.images import load_image
 
     for image_id in s:
         x = ex.preprocess(load_image(wd / "resources/datasets/sample" / s.h5["image_path"].asstr()[s.index[image_id]]))
@@ -194,8 +195,8 @@ def test_extract_job_reads_its_shard_as_the_shard_list_gave_it(tmp_path):
     resume state and signatures carry over), including empty shards when there are more shards than images."""
     import pandas as pd
 
-    from visfeat.datasets import write_shard
-    from visfeat.extract import manifest_items, read_list
+    from visfeat.engine.items import manifest_items, read_list
+    from visfeat.sources.manifest import write_shard
 
     df = pd.DataFrame({"image_id": ["b", "a", "c/d"], "path": ["b.png", "x/a.jpg", "/abs/d.png"],
                        "bytes": 1, "width": 1, "height": 1})

@@ -1,7 +1,7 @@
 """Slow an extraction down in a child process, so that a test can kill it between two flushed batches.
 
-`visfeat.extract.after_flush` is the hook; a child (`python -m visfeat`, or a Snakemake job) is reached through a
-`sitecustomize` module on its PYTHONPATH that sets the hook when `visfeat.extract` is first imported, without
+`visfeat.engine.run.after_flush` is the hook; a child (`python -m visfeat`, or a Snakemake job) is reached through a
+`sitecustomize` module on its PYTHONPATH that sets the hook when `visfeat.engine.run` is first imported, without
 importing anything earlier than the program itself would.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import time
 
 class _SetHook(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
-        if name != "visfeat.extract":
+        if name != "visfeat.engine.run":
             return None
         sys.meta_path.remove(self)
         spec = importlib.machinery.PathFinder.find_spec(name, path)

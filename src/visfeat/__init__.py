@@ -8,21 +8,21 @@
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from visfeat.version import __version__  # noqa: E402
 
-from .extractors.registry import load_extractor, presets  # noqa: E402
+from visfeat.extractors.registry import load_extractor, presets  # noqa: E402
 
 
 def open(path):  # noqa: A001  (the documented one-liner: visfeat.open(path)[image_id])
     """Open a feature store: a read-only mapping image_id -> dict of numpy arrays."""
-    from .store import FeatureStore
+    from visfeat.store.reader import FeatureStore
 
     return FeatureStore(path)
 
 
 def dataset(path, fields=None):
     """A torch Dataset over a store (safe with DataLoader workers); index by row or look up by image id."""
-    from .torchdata import FeatureDataset
+    from visfeat.store.torchdata import FeatureDataset
 
     return FeatureDataset(path, fields)
 

@@ -19,7 +19,7 @@ def _kv(items: list[str]) -> dict:
 
 
 def cmd_presets(a) -> int:
-    from .extractors.registry import PRESETS, presets
+    from visfeat.extractors.registry import PRESETS, presets
 
     for name in presets():
         p = PRESETS[name]
@@ -33,8 +33,9 @@ def cmd_presets(a) -> int:
 
 
 def cmd_extract(a) -> int:
-    from .extract import folder_items, manifest_items, read_list, run_extraction
-    from .extractors.registry import load_extractor
+    from visfeat.engine.items import folder_items, manifest_items, read_list
+    from visfeat.engine.run import run_extraction
+    from visfeat.extractors.registry import load_extractor
 
     if sum(map(bool, (a.images, a.list, a.manifest))) != 1:
         raise SystemExit("give exactly one of --images DIR, --list FILE or --manifest FILE")
@@ -48,7 +49,7 @@ def cmd_extract(a) -> int:
         items = manifest_items(a.manifest, a.shards or 1, a.shard or 0, a.root or Path(a.manifest).parent)
     boxes = None
     if a.boxes:
-        from .given_boxes import check_covered, read_boxes
+        from visfeat.sources.given_boxes import check_covered, read_boxes
 
         try:
             boxes = read_boxes(a.boxes)
@@ -58,7 +59,7 @@ def cmd_extract(a) -> int:
 
     def load():  # built only when an image needs the model (an incremental rerun may need none)
         if a.device != "cpu":
-            from .gpus import claim_gpu
+            from visfeat.engine.gpus import claim_gpu
 
             claim_gpu()  # several GPUs, no scheduler: one per job (before CUDA initialises)
         ex = load_extractor(a.preset, weights=a.weights, device=a.device, amp=a.amp, **_kv(a.set))
@@ -77,9 +78,9 @@ def cmd_extract(a) -> int:
 def _extract_request(a, boxes) -> str:
     """reuse.request_digest of this command, without building the model; "" where it cannot tell (the
     builder then reports the problem)."""
-    from .reuse import request_digest
-    from .extractors.registry import get_preset, resolve_options
-    from .weights import resolve_weights, sha256_of
+    from visfeat.engine.reuse import request_digest
+    from visfeat.extractors.registry import get_preset, resolve_options
+    from visfeat.extractors.weights import resolve_weights, sha256_of
 
     try:
         p = get_preset(a.preset)
@@ -88,21 +89,21 @@ def _extract_request(a, boxes) -> str:
     except Exception:
         return ""
     if boxes is not None:
-        from .given_boxes import digest
+        from visfeat.sources.given_boxes import digest
 
         boxes = digest(boxes)
     return request_digest(a.preset, options, sha, a.amp, a.dtype, a.name or a.preset, a.compression, boxes)
 
 
 def cmd_inspect(a) -> int:
-    from .inspect import describe
+    from visfeat.store.inspect import describe
 
     print(describe(a.file))
     return 0
 
 
 def cmd_export(a) -> int:
-    from .exporters import export
+    from visfeat.interop.exporters import export
 
     n = export(a.format, a.file, a.out, split=a.split, names=a.names)
     print(f"exported {n} images to {a.out} ({a.format})")
@@ -110,7 +111,7 @@ def cmd_export(a) -> int:
 
 
 def cmd_import(a) -> int:
-    from .importers import import_features
+    from visfeat.interop.importers import import_features
 
     src = Path(a.file)
     if src.is_dir():  # a downloaded folder: the named member, or its only file
@@ -126,7 +127,7 @@ def cmd_import(a) -> int:
 def cmd_compare(a) -> int:
     import json as _json
 
-    from .compare import compare, table
+    from visfeat.interop.compare import compare, table
 
     res = compare(a.a, a.b, plot=a.plot)
     print(_json.dumps(res) if a.json else table(res))
@@ -134,20 +135,22 @@ def cmd_compare(a) -> int:
 
 
 def cmd_manifest(a) -> int:
-    from . import datasets as D
-    from . import splits
+    from visfeat.sources import splits
+    from visfeat.sources.folder import pairs_from_folders, read_image_list, scan_folder
+    from visfeat.sources.manifest import build_manifest, missing_ids, write_manifest
+    from visfeat.sources.tars import img2dataset_tars, scan_img2dataset, scan_webdataset, tar_paths
 
     root = Path(a.root)
     if a.source == "folder" and not root.is_dir() and a.missing_message:
         raise SystemExit(f"visfeat manifest: error: image folder {root} does not exist.\n{a.missing_message}")
     if a.source in ("webdataset", "urls"):  # its own manifest: tar members, text members, a shard per tar block
         if a.source == "urls":  # img2dataset's tars, and its failed URLs as rows that fail
-            tars = D.img2dataset_tars(a.downloaded)
-            df = D.scan_img2dataset(a.downloaded, a.shards, apply_exif=not a.no_exif)
+            tars = img2dataset_tars(a.downloaded)
+            df = scan_img2dataset(a.downloaded, a.shards, apply_exif=not a.no_exif)
         else:
-            tars = D.tar_paths(a.tars)
-            df = D.scan_webdataset(tars, a.tars_per_shard, apply_exif=not a.no_exif)
-        D.write_manifest(df, a.out)
+            tars = tar_paths(a.tars)
+            df = scan_webdataset(tars, a.tars_per_shard, apply_exif=not a.no_exif)
+        write_manifest(df, a.out)
         bad = df.loc[df["error"] != "", "image_id"]
         print(f"manifest: {len(df)} samples in {len(tars)} tars -> {a.out}")
         if len(bad):  # kept in the manifest: extraction records them as failed, by id
@@ -156,11 +159,11 @@ def cmd_manifest(a) -> int:
                   f"{' '.join(bad[:50])}{' ...' if len(bad) > 50 else ''}")
         return 0
     if a.source in ("folder", "archive", "sample"):
-        pairs = D.scan_folder(root, a.id_style)
+        pairs = scan_folder(root, a.id_style)
     elif a.source == "list":
-        pairs = D.read_image_list(a.list, a.id_style)
+        pairs = read_image_list(a.list, a.id_style)
     elif a.source == "folders":
-        pairs = D.pairs_from_folders(root, a.folder, a.id_style)
+        pairs = pairs_from_folders(root, a.folder, a.id_style)
     elif a.source == "annotation":
         pairs = splits.pairs_from_coco_annotation(root / a.annotation, a.folder[0], a.id_style)
     elif a.source == "karpathy":
@@ -168,10 +171,10 @@ def cmd_manifest(a) -> int:
         pairs = splits.pairs_from_karpathy(root / a.annotation, a.split, folders)
     else:
         raise SystemExit(f"unknown source {a.source!r}")
-    df = D.build_manifest(root, pairs, apply_exif=not a.no_exif)
-    D.write_manifest(df, a.out)
+    df = build_manifest(root, pairs, apply_exif=not a.no_exif)
+    write_manifest(df, a.out)
     bad = int((df["width"] < 0).sum())
-    missing = D.missing_ids(df)
+    missing = missing_ids(df)
     print(f"manifest: {len(df)} images under {root} ({bad} with unreadable headers, {len(missing)} missing) -> {a.out}")
     if missing:  # kept in the manifest: extraction records them as failed, by id
         print(f"missing image files ({len(missing)}), by id: {' '.join(missing[:50])}{' ...' if len(missing) > 50 else ''}")
@@ -193,8 +196,7 @@ def numbered_files(files: list[str], folder: str | None, count: int | None, suff
 def cmd_merge(a) -> int:
     import pandas as pd
 
-    from .store import merge
-    from .virtual_merge import merge_virtual
+    from visfeat.store.merge import merge, merge_virtual
 
     shards = numbered_files(a.shards, a.shard_dir, a.count, ".h5", "merge --shard-dir/--shards")
     if not shards:
@@ -206,8 +208,8 @@ def cmd_merge(a) -> int:
 
 
 def cmd_fetch_weights(a) -> int:
-    from .extractors.registry import get_preset
-    from .weights import fetch
+    from visfeat.extractors.registry import get_preset
+    from visfeat.extractors.weights import fetch
 
     p = get_preset(a.preset)
     if not p.weights:
@@ -221,8 +223,8 @@ def cmd_fetch_weights(a) -> int:
 
 
 def cmd_prepare(a) -> int:
-    from .sample import install_sample
-    from .download import download, place, unpack
+    from visfeat.sources.download import download, place, unpack
+    from visfeat.sources.sample import install_sample
 
     if a.source == "sample":
         names = install_sample(a.dest)
@@ -245,7 +247,7 @@ def cmd_prepare(a) -> int:
 
 
 def cmd_download_urls(a) -> int:
-    from .urls import download
+    from visfeat.sources.urls import download
 
     n = download(a.urls, a.out_dir, a.record, executable=a.img2dataset, url_col=a.url_col, caption_col=a.caption_col,
                  per_tar=a.urls_per_tar, timeout=a.timeout, retries=a.retries, processes=a.processes,
@@ -255,7 +257,7 @@ def cmd_download_urls(a) -> int:
 
 
 def cmd_kmeans_train(a) -> int:
-    from .kmeans import KMeansError, train
+    from visfeat.analysis.kmeans import KMeansError, train
 
     try:
         train(a.stores, a.out, field=a.field, k=a.k, niter=a.niter, seed=a.seed, max_train_vectors=a.max_train_vectors,
@@ -266,7 +268,7 @@ def cmd_kmeans_train(a) -> int:
 
 
 def cmd_kmeans_assign(a) -> int:
-    from .kmeans import assign
+    from visfeat.analysis.kmeans import assign
 
     n = assign(a.store, a.centroids, a.out, pickle_path=a.pickle, gpu={"auto": "auto", "yes": True, "no": False}[a.gpu])
     print(f"codes for {n} images -> {a.out}")
@@ -274,7 +276,7 @@ def cmd_kmeans_assign(a) -> int:
 
 
 def cmd_report(a) -> int:
-    from .report import feature_report, kmeans_report
+    from visfeat.analysis.report import feature_report, kmeans_report
 
     if a.centroids:
         paths = kmeans_report(a.centroids, a.store, a.out_dir, root=a.root)
@@ -286,7 +288,7 @@ def cmd_report(a) -> int:
 
 
 def cmd_show(a) -> int:
-    from .report import show
+    from visfeat.analysis.report import show
 
     print(show(a.file, a.image_id, a.out or f"{a.image_id.replace('/', '_')}.png", root=a.root,
                weights_root=a.weights_root))
@@ -294,7 +296,7 @@ def cmd_show(a) -> int:
 
 
 def cmd_text(a) -> int:
-    from .text import embed_captions
+    from visfeat.engine.text import embed_captions
 
     n = embed_captions(a.preset, a.captions, a.out, weights=a.weights, device=a.device, amp=a.amp,
                        batch_size=a.batch_size)
@@ -303,7 +305,7 @@ def cmd_text(a) -> int:
 
 
 def add_weights_root(p: argparse.ArgumentParser) -> None:
-    from .vocab import WEIGHTS_ROOT
+    from visfeat.extractors.vocab import WEIGHTS_ROOT
 
     p.add_argument("--weights-root", default=WEIGHTS_ROOT,
                    help=f"where fetched weights lie, to read a preset's labelmap beside them (default: {WEIGHTS_ROOT})")
@@ -344,8 +346,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.set_defaults(func=cmd_inspect)
 
-    from .exporters import EXPORTERS
-    from .importers import READERS
+    from visfeat.interop.exporters import EXPORTERS
+    from visfeat.interop.importers import READERS
 
     p = sub.add_parser("export", help="write a store in a layout downstream code reads")
     p.add_argument("--format", required=True, help=", ".join(EXPORTERS))
@@ -495,8 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .images import ImageError
-    from .weights import WeightsMissing
+    from visfeat.extractors.weights import WeightsMissing
+    from visfeat.sources.images import ImageError
 
     try:
         return args.func(args)

@@ -9,9 +9,9 @@ VISFEAT_SRC = str(Path(workflow.basedir) / "src")
 if VISFEAT_SRC not in sys.path:
     sys.path.insert(0, VISFEAT_SRC)
 
-from visfeat.config import ConfigError, load_registry, validate_config
+from visfeat.workflow.config import ConfigError, load_registry, validate_config
 from visfeat.extractors.registry import get_preset
-from visfeat.workflow_args import WorkflowArgs
+from visfeat.workflow.args import WorkflowArgs
 
 
 def _registry_path():

@@ -8,10 +8,16 @@ from typing import Any
 
 import torch
 
-from .checkpoint import from_maskrcnn_benchmark, infer_spec, is_maskrcnn_benchmark, load_into, read_state_dict
-from .model import C4Detector, DetectorSpec, FPNDetector
-from .resnet import ResNetSpec
-from .rpn import RPNSpec
+from visfeat.detection.checkpoint import (
+    from_maskrcnn_benchmark,
+    infer_spec,
+    is_maskrcnn_benchmark,
+    load_into,
+    read_state_dict,
+)
+from visfeat.detection.model import C4Detector, DetectorSpec, FPNDetector
+from visfeat.detection.resnet import ResNetSpec
+from visfeat.detection.rpn import RPNSpec
 
 
 def detector_spec(options: dict[str, Any]) -> DetectorSpec:
@@ -37,7 +43,7 @@ def with_config_yaml(options: dict[str, Any]) -> dict[str, Any]:
     """Option `config_yaml`: the checkpoint's maskrcnn-benchmark yaml, read for the values that matter."""
     if not options.get("config_yaml"):
         return options
-    from .mrcnn_yaml import options_from_yaml
+    from visfeat.detection.mrcnn_yaml import options_from_yaml
 
     return {**options, **options_from_yaml(options["config_yaml"], options)}
 

@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ..statedict import load_strict
-from .resnet import BLOCKS
+from visfeat.detection.resnet import BLOCKS
+from visfeat.detection.statedict import load_strict
 
 if TYPE_CHECKING:  # .model imports torchvision (2-3 s here): gridfeats reads its .pth through this module alone
-    from .model import DetectorSpec
+    from visfeat.detection.model import DetectorSpec
 
 
 

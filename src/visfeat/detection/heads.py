@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align, roi_pool
 
-from .boxes import area
-from .resnet import ResNetSpec, make_stage
+from visfeat.detection.boxes import area
+from visfeat.detection.resnet import ResNetSpec, make_stage
 
 
 class Pooler(nn.Module):

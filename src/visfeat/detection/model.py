@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .boxes import BoxTransform
-from .heads import LevelPooler, MLPHead, Pooler, Predictor, Res5ROIHeads
-from .resnet import ResNet, ResNetSpec, Sizes, mask_outside, pool_out
-from .rpn import RPN, RPNSpec
+from visfeat.detection.boxes import BoxTransform
+from visfeat.detection.heads import LevelPooler, MLPHead, Pooler, Predictor, Res5ROIHeads
+from visfeat.detection.resnet import ResNet, ResNetSpec, Sizes, mask_outside, pool_out
+from visfeat.detection.rpn import RPN, RPNSpec
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from .preprocess import SIZES
+from visfeat.detection.preprocess import SIZES
 
 _BODIES = {"R-50-C4": (50, False), "R-101-C4": (101, False), "R-152-C4": (152, False),
            "R-50-FPN": (50, True), "R-101-FPN": (101, True), "R-152-FPN": (152, True)}

@@ -24,7 +24,7 @@ import PIL
 import torch
 from PIL import Image
 
-from ..images import full_size
+from visfeat.sources.images import full_size
 
 # Named input sizes (shortest edge / longest edge cap).
 SIZES = {

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import nms
 
-from .boxes import BoxTransform, clip, nms_legacy_cpu, nonempty
+from visfeat.detection.boxes import BoxTransform, clip, nms_legacy_cpu, nonempty
 
 
 @dataclass(frozen=True)

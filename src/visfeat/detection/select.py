@@ -38,8 +38,8 @@ import numpy as np
 import torch
 from torchvision.ops import nms
 
-from .boxes import plus_one as grown_plus_one, suppression_threshold
-from .preprocess import caffe_scale
+from visfeat.detection.boxes import plus_one as grown_plus_one, suppression_threshold
+from visfeat.detection.preprocess import caffe_scale
 
 
 @dataclass

@@ -37,7 +37,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..fields import FieldSpec
+from visfeat.store.format import FieldSpec
 
 __all__ = ["Extractor", "FieldSpec", "TransformPreprocessor"]
 

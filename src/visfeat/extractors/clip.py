@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torchvision import transforms as T
 
-from .base import Extractor, FieldSpec, TransformPreprocessor
+from visfeat.extractors.base import Extractor, FieldSpec, TransformPreprocessor
 
 # openai/CLIP clip/clip.py _transform
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -157,7 +157,7 @@ class ClipExtractor(Extractor):
 
 
 def build(preset, weights: str | None, device, amp: bool, options: dict[str, Any]) -> ClipExtractor:
-    from ..weights import resolve_weights
+    from visfeat.extractors.weights import resolve_weights
 
     path, sha = resolve_weights(preset, weights)
     model = build_clip_model(load_clip_state_dict(path))

@@ -24,13 +24,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..detection import select as selection
-from ..detection.boxes import clip, nonempty
-from ..detection.build import detector_from_file
-from ..detection.model import C4Detector, FPNDetector
-from ..detection.preprocess import (PREPROCESS, SIZES, CaffeFloatPreprocessor, DetectorPreprocessor,
-                                    LegacyPreprocessor, caffe_scale, ceil_to, pad_batch)
-from .base import Extractor, FieldSpec
+from visfeat.detection import select as selection
+from visfeat.detection.boxes import clip, nonempty
+from visfeat.detection.build import detector_from_file
+from visfeat.detection.model import C4Detector, FPNDetector
+from visfeat.detection.preprocess import (
+    PREPROCESS,
+    SIZES,
+    CaffeFloatPreprocessor,
+    DetectorPreprocessor,
+    LegacyPreprocessor,
+    caffe_scale,
+    ceil_to,
+    pad_batch,
+)
+from visfeat.extractors.base import Extractor, FieldSpec
 
 
 class RegionExtractor(Extractor):
@@ -97,7 +105,7 @@ class RegionExtractor(Extractor):
 
     def set_given_boxes(self, boxes: dict[str, np.ndarray] | None) -> None:
         """Forced-boxes mode: features for these boxes (original pixels, x1y1x2y2) per image id; None: selection."""
-        from ..given_boxes import digest
+        from visfeat.sources.given_boxes import digest
 
         self.given_boxes = boxes
         self.config["given_boxes"] = None if boxes is None else digest(boxes)
@@ -265,7 +273,7 @@ def by_size(forward, batch: dict[str, Any], sizes: list[tuple[int, int]], group:
 def build_extractor(cls, preset, weights: str | None, device, amp: bool, options: dict[str, Any]):
     """`cls(preset name, model, options, device, amp, weights sha256)` on the preset's weights file (region and
     grid8 extractors share the model)."""
-    from ..weights import resolve_weights
+    from visfeat.extractors.weights import resolve_weights
 
     path, sha = resolve_weights(preset, weights)
     model, options = detector_from_file(path, options)

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torchvision import transforms as T
 
-from .base import Extractor, FieldSpec, TransformPreprocessor
+from visfeat.extractors.base import Extractor, FieldSpec, TransformPreprocessor
 
 MEAN = (0.5, 0.5, 0.5)  # tensorflow/tpu efficientnet/lite/efficientnet_lite_builder.py: MEAN_RGB 127.0 (/255)
 STD = (0.5, 0.5, 0.5)  # same file: STDDEV_RGB 128.0 (/255)
@@ -83,7 +83,7 @@ class EffnetLite0(Extractor):
 
 
 def build(preset, weights: str | None, device, amp: bool, options: dict[str, Any]) -> EffnetLite0:
-    from ..weights import sha256_of
+    from visfeat.extractors.weights import sha256_of
 
     path = weights or packaged_weights()
     return EffnetLite0(load_lite0(path), options, device, amp, sha256_of(path))

@@ -18,10 +18,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..detection.model import FPNDetector
-from ..detection.preprocess import SIZES, CaffeFloatPreprocessor, pad_batch
-from .base import Extractor, FieldSpec
-from .detector import build_extractor, by_size, group_sizes
+from visfeat.detection.model import FPNDetector
+from visfeat.detection.preprocess import SIZES, CaffeFloatPreprocessor, pad_batch
+from visfeat.extractors.base import Extractor, FieldSpec
+from visfeat.extractors.detector import build_extractor, by_size, group_sizes
 
 
 def grid_boxes(h: int, w: int, n: int) -> np.ndarray:

@@ -22,11 +22,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..detection.checkpoint import read_state_dict
-from ..detection.preprocess import SIZES, DetectorPreprocessor
-from ..detection.resnet import BLOCKS, ResNet, ResNetSpec
-from ..statedict import load_strict
-from .base import Extractor, FieldSpec
+from visfeat.detection.checkpoint import read_state_dict
+from visfeat.detection.preprocess import SIZES, DetectorPreprocessor
+from visfeat.detection.resnet import BLOCKS, ResNet, ResNetSpec
+from visfeat.extractors.base import Extractor, FieldSpec
+from visfeat.detection.statedict import load_strict
 
 
 def backbone_state(state: dict[str, torch.Tensor], path) -> dict[str, torch.Tensor]:
@@ -103,7 +103,7 @@ class GridFeatsExtractor(Extractor):
 
 
 def build(preset, weights: str | None, device, amp: bool, options: dict[str, Any]) -> GridFeatsExtractor:
-    from ..weights import resolve_weights
+    from visfeat.extractors.weights import resolve_weights
 
     path, sha = resolve_weights(preset, weights)
     state = backbone_state(read_state_dict(path), path)

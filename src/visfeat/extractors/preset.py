@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..weights import WeightFile
+from visfeat.extractors.weights import WeightFile
 
 # Options every preset accepts; they act on decoding, not on the model.
 COMMON_OPTIONS: dict[str, Any] = {

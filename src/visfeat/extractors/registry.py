@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .preset import COMMON_OPTIONS, PRESETS, Preset, check_common
+from visfeat.extractors.preset import COMMON_OPTIONS, PRESETS, Preset, check_common
 
 __all__ = ["COMMON_OPTIONS", "PRESETS", "Preset", "check_options", "get_preset", "load_extractor", "presets",
            "resolve_options"]
@@ -65,4 +65,4 @@ def _ensure_loaded() -> None:
     global _LOADED
     if not _LOADED:
         _LOADED = True
-        from . import catalog  # noqa: F401  (registers every preset)
+        from visfeat.extractors import catalog  # noqa: F401  (registers every preset)

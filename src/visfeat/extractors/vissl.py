@@ -53,10 +53,16 @@ import torch
 import torch.nn as nn
 from torchvision import transforms as T
 
-from ..statedict import load_strict
-from .base import Extractor, FieldSpec, TransformPreprocessor
-from .vissl_config import (  # noqa: F401  (SIMCLR_HEAD_DOCS: the docs' head variant, for users)
-    HEAD_BATCHNORM_MOMENTUM, LAYER_OF_REDUCTION, MLP_DEFAULTS, POOL_OP_NAMES, RESNET_LAYERS, SIMCLR_HEAD_DOCS, Plan,
+from visfeat.extractors.base import Extractor, FieldSpec, TransformPreprocessor
+from visfeat.detection.statedict import load_strict
+from visfeat.extractors.vissl_config import (  # noqa: F401  (SIMCLR_HEAD_DOCS: the docs' head variant, for users)
+    HEAD_BATCHNORM_MOMENTUM,
+    LAYER_OF_REDUCTION,
+    MLP_DEFAULTS,
+    POOL_OP_NAMES,
+    RESNET_LAYERS,
+    SIMCLR_HEAD_DOCS,
+    Plan,
     check_options,
 )
 
@@ -338,7 +344,7 @@ class VisslExtractor(Extractor):
 
 
 def build(preset, weights: str | None, device, amp: bool, options: dict[str, Any]) -> VisslExtractor:
-    from ..weights import resolve_weights
+    from visfeat.extractors.weights import resolve_weights
 
     check_options(options)  # config errors before loading anything
     plan = Plan(options)

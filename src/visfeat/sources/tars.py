@@ -1,0 +1,187 @@
+"""Dataset sources -> a manifest (one row per image) -> deterministic shards.
+
+Sources: `folder` (recursive scan), `list` (an image list file), `archive` (URL + sha256, unpacked by the
+workflow's download rule) and `sample` (real photos shipped by scikit-image, so the default run needs nothing).
+Image ids are the path relative to the dataset root without extension (`id_style: path`), the file stem
+(`stem`), or the trailing number of the stem (`coco`: COCO_val2014_000000000042.jpg -> "42"). A collision is an
+error naming both files."""
+# SPLIT FROM visfeat.datasets
+from __future__ import annotations
+
+import io
+import os
+import re
+from pathlib import Path
+
+from visfeat.sources.folder import DatasetError
+from visfeat.sources.images import header_size
+from visfeat.sources.manifest import MANIFEST_COLUMNS
+
+WEBDATASET_IMAGES = ("jpg", "jpeg", "png", "webp")  # a sample's image: the first of these members it has
+
+
+WEBDATASET_TEXT = ("txt", "json")  # copied into the manifest: img2dataset's caption; url, original width/height
+
+
+# webdataset's base_plus_ext: the key is the member name up to the first dot of its file name
+_MEMBER = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """webdataset's shard notation, left to right: `{00000..00331}` (zero-padded as written) and `{a,b}`."""
+    m = re.search(r"\{([^{}]*)\}", pattern)
+    if not m:
+        return [pattern]
+    r = re.fullmatch(r"(\d+)\.\.(\d+)", m.group(1))
+    if r:
+        a, b = r.groups()
+        width = len(a) if len(a) == len(b) else 0
+        choices = [str(k).zfill(width) for k in range(int(a), int(b) + 1)]
+    else:
+        choices = m.group(1).split(",")
+    return [p for c in choices for p in expand_braces(pattern[:m.start()] + c + pattern[m.end():])]
+
+
+def tar_paths(path: str | list[str]) -> list[str]:
+    """A webdataset source's tars, in shard order: a brace pattern, a list of tars (or patterns), a folder of
+    `.tar` files (sorted by name), or one tar."""
+    if isinstance(path, (list, tuple)):
+        return [p for x in path for p in tar_paths(x)]
+    if "{" in path:
+        return expand_braces(path)
+    if os.path.isdir(path):
+        tars = sorted(f for f in os.listdir(path) if f.endswith(".tar") and not f.startswith("."))
+        if not tars:
+            raise DatasetError(f"webdataset folder {path} has no .tar files")
+        return [os.path.join(path, f) for f in tars]
+    return [path]
+
+
+def _tar_members(tar: str) -> tuple[list, str | None]:
+    """The file members of one tar from their headers, in order, and why the tar ends early (None: it is whole).
+    Nothing is unpacked: tarfile reads the headers, the data is read later at each member's offset."""
+    import tarfile
+
+    members, broken = [], None
+    try:
+        with tarfile.open(tar, mode="r:") as t:
+            while True:
+                try:
+                    m = t.next()
+                except tarfile.TarError as e:  # a header cut short or the data of the last member missing
+                    broken = f"{type(e).__name__}: {e}"
+                    break
+                if m is None:
+                    break
+                if m.isfile():
+                    members.append(m)
+            end = t.offset
+    except (tarfile.TarError, OSError) as e:
+        return [], f"unreadable tar: {type(e).__name__}: {e}"
+    if broken is None:  # a whole tar ends in zero blocks; a cut one can end quietly inside a header
+        with open(tar, "rb") as f:
+            f.seek(end)
+            tail = f.read(1 << 20)
+        if len(tail) < 1024 or tail.strip(b"\0"):
+            broken = "no end-of-archive blocks"
+    if broken is None:
+        return members, None
+    if members and members[-1].offset_data + members[-1].size > os.path.getsize(tar):
+        broken += f" (it ends inside {members[-1].name})"
+    return members, f"truncated tar: {broken}"
+
+
+def _read_at(f, offset: int, size: int) -> bytes:
+    f.seek(offset)
+    return f.read(size)
+
+
+def scan_webdataset(tars: list[str], tars_per_shard: int = 1, apply_exif: bool = True):
+    """Manifest of tar shards: one row per sample, id = its `__key__` (unique across the dataset), in tar order.
+    Besides the manifest columns: `shard` (tar index // tars_per_shard), `tar` (absolute path), `offset` of the
+    image member's data (-1: none), `error` (why the row cannot be extracted, else ""), and the `txt` and `json`
+    members' text. A sample without an image, and a truncated or unreadable tar (a row of its own, id = the tar's
+    file name), are rows whose extraction records the error."""
+    import pandas as pd
+
+    rows, seen = [], {}
+
+    def row(image_id, path, size=-1, w=-1, h=-1, shard=0, tar="", offset=-1, error="", txt="", js=""):
+        rows.append((image_id, path, size, w, h, shard, tar, offset, error, txt, js))
+
+    for k, tar in enumerate(tars):
+        shard, name, abstar = k // tars_per_shard, os.path.basename(tar), os.path.abspath(tar)
+        members, broken = _tar_members(tar)
+        samples: dict[str, dict[str, object]] = {}
+        for m in members:
+            mm = _MEMBER.match(m.name)
+            if not mm:  # webdataset skips members without an extension too
+                continue
+            key, ext = mm.group(1), mm.group(2).lower()
+            if key in seen and seen[key][0] != k:
+                raise DatasetError(f"webdataset __key__ {key!r} is in both {seen[key][1]} and {tar}")
+            seen[key] = (k, tar)
+            if ext in samples.setdefault(key, {}):
+                raise DatasetError(f"webdataset __key__ {key!r} has two {ext} members in {tar}")
+            samples[key][ext] = m
+        with open(tar, "rb") if samples else io.BytesIO() as f:  # an unreadable tar has no samples
+            for key, exts in samples.items():
+                text = {e: _read_at(f, exts[e].offset_data, exts[e].size).decode("utf-8", "replace")
+                        for e in WEBDATASET_TEXT if e in exts}
+                image = next((exts[e] for e in WEBDATASET_IMAGES if e in exts), None)
+                if image is None:
+                    row(key, f"{name}/{key}", shard=shard, tar=abstar, txt=text.get("txt", ""),
+                        js=text.get("json", ""), error=f"no image member ({', '.join(WEBDATASET_IMAGES)}) in {name}")
+                    continue
+                try:
+                    w, h = header_size(io.BytesIO(_read_at(f, image.offset_data, image.size)), apply_exif)
+                except Exception:  # unreadable header: extraction records the reason
+                    w = h = -1
+                row(key, f"{name}/{image.name}", image.size, w, h, shard, abstar, image.offset_data,
+                    txt=text.get("txt", ""), js=text.get("json", ""))
+        if broken is not None:
+            if name in seen:
+                raise DatasetError(f"webdataset __key__ {name!r} is also the name of the broken tar {tar}")
+            seen[name] = (k, tar)
+            row(name, name, shard=shard, tar=abstar, error=broken)
+    df = pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, "shard", "tar", "offset", "error", "txt", "json"])
+    return df.astype({"bytes": "int64", "width": "int32", "height": "int32", "shard": "int64", "offset": "int64"})
+
+
+def img2dataset_tars(record: str | os.PathLike) -> list[str]:
+    """The finished tars of a `urls` source, in order, from the record urls.download writes beside them."""
+    import pandas as pd
+
+    folder = Path(record).parent
+    return [str(folder / t) for t in pd.read_csv(record, sep="\t", dtype={"tar": str})["tar"]]
+
+
+def scan_img2dataset(record: str | os.PathLike, shards: int = 1, apply_exif: bool = True):
+    """Manifest of a `urls` source downloaded by img2dataset (urls.download, which writes `record`, the finished
+    tars in order, beside them): the tars read as a webdataset source (scan_webdataset), plus one row per URL that
+    img2dataset could not store (404, timeout, not an image: its NNNNN.parquet has a status and error message for
+    every URL), whose `error` extraction records as the failure. The tars are spread over `shards` extraction shards
+    in contiguous blocks (the tar count is unknown when the workflow is planned)."""
+    import json
+
+    import pandas as pd
+
+    folder, tars = Path(record).parent, img2dataset_tars(record)
+    df = scan_webdataset(tars, 1, apply_exif)
+    failed = []
+    for k, tar in enumerate(tars):
+        name = os.path.basename(tar)
+        part = pd.read_parquet(tar[:-len(".tar")] + ".parquet")
+        for r in part[part["status"] != "success"].to_dict("records"):
+            meta = {c: (None if isinstance(v, float) and v != v else v) for c, v in r.items()}  # NaN -> null
+            failed.append((r["key"], f"{name}/{r['key']}", -1, -1, -1, k, os.path.abspath(tar), -1,
+                           f"img2dataset {r['status']}: {r['error_message']}",
+                           "" if meta.get("caption") is None else str(meta["caption"]), json.dumps(meta, default=str)))
+    if failed:
+        df = pd.concat([df, pd.DataFrame(failed, columns=df.columns)], ignore_index=True)
+        df = df.sort_values("shard", kind="stable").reset_index(drop=True)  # each tar's failures after its members
+    dup = df["image_id"].duplicated(keep=False)
+    if dup.any():
+        raise DatasetError(f"img2dataset keys seen twice in {folder}: {' '.join(df.loc[dup, 'image_id'][:10])}")
+    df["shard"] = df["shard"] * shards // max(1, len(tars))
+    return df.astype({"bytes": "int64", "width": "int32", "height": "int32", "shard": "int64", "offset": "int64"})
