@@ -32,7 +32,7 @@ FULL = {  # openai/CLIP architectures (clip/model.py build_model dims)
 
 
 def make_weights(kind: str, dest: Path) -> Path:
-    from tiny_models import original_clip_module, save_torchscript
+    from helpers.tiny_models import original_clip_module, save_torchscript
 
     m = original_clip_module()
     torch.manual_seed(0)

@@ -1,6 +1,6 @@
 """k-means memory and time: training on a store larger than the training-sample bound.
 
-Prints the peak RSS of `visfeat.kmeans.train` (streams the store, keeps a seeded sample of at most
+Prints the peak RSS of `visfeat.analysis.kmeans.train` (streams the store, keeps a seeded sample of at most
 --max-train-vectors), the peak RSS of loading the whole field the way X-LXMERT's run_kmeans.py does, and the
 ratio of our train time to faiss.Kmeans on the same in-memory sample, each measured in a fresh process in the
 same run.

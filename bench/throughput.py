@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import butd_pipeline  # bench/ is on sys.path when a bench script runs
-import clip_pipeline  # (puts tests/ on sys.path: tiny_models)
+import clip_pipeline  # (puts tests/ on sys.path: helpers.tiny_models)
 import maskrcnn_family
 import numpy as np
 import torch
@@ -86,7 +86,7 @@ def gridfeats_x152(dest: Path) -> Path:
 
 
 def tiny_clip(dest: Path) -> Path:
-    from tiny_models import save_torchscript, tiny_clip_state_dict
+    from helpers.tiny_models import save_torchscript, tiny_clip_state_dict
 
     return save_torchscript(tiny_clip_state_dict("vit32"), dest)
 

@@ -11,6 +11,32 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
+pytest_plugins = ("pytester",)  # tests/test_markers.py runs an inner session to see the marker guard fail
+
+_running: list[pytest.Item] = []  # the test pytest is running now (its setup, call and teardown)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """Remember the running test, fixtures of wider scope included, for `require_workflow_marker`."""
+    _running.append(item)
+    try:
+        yield
+    finally:
+        _running.remove(item)
+
+
+def require_workflow_marker() -> None:
+    """Fail a test that runs Snakemake without `@pytest.mark.workflow`: `-m "not workflow"` promises a run with
+    no Snakemake in it, and only a marker that every such test carries keeps that promise."""
+    if not _running:
+        if "PYTEST_CURRENT_TEST" in os.environ:  # a second copy of this module would never see a test running
+            raise RuntimeError("conftest imported twice: import it as `conftest`, from tests/ on sys.path")
+        return
+    item = _running[-1]
+    if item.get_closest_marker("workflow") is None:
+        raise AssertionError(f"{item.nodeid} runs Snakemake (conftest.snakemake / copy_workflow) but lacks "
+                             "@pytest.mark.workflow (or a module `pytestmark`): `-m 'not workflow'` would run it")
 
 
 @pytest.fixture(scope="session")
@@ -24,7 +50,7 @@ def sample_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def bad_dir(tmp_path_factory):
-    from image_cases import write_cases
+    from helpers.image_cases import write_cases
 
     d = tmp_path_factory.mktemp("cases")
     return d, write_cases(d)
@@ -33,7 +59,7 @@ def bad_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory):
     """kind -> (torchscript path, state-dict path) of a tiny random CLIP in the official layout."""
-    from tiny_models import save_state_dict, save_torchscript, tiny_clip_state_dict
+    from helpers.tiny_models import save_state_dict, save_torchscript, tiny_clip_state_dict
 
     d = tmp_path_factory.mktemp("clip")
     out = {}
@@ -45,6 +71,7 @@ def tiny_clip(tmp_path_factory):
 
 def copy_workflow(dest: Path) -> Path:
     """The workflow files into a temp dir, so a test runs real snakemake there like a user's checkout."""
+    require_workflow_marker()
     for name in ("Snakefile", "workflow", "envs", "profiles", "src", "config"):
         src = REPO / name
         if src.is_dir():
@@ -55,6 +82,8 @@ def copy_workflow(dest: Path) -> Path:
 
 
 def snakemake(cwd: Path, *args: str, env: dict | None = None, check: bool = True, timeout: int = 900):
+    """Real snakemake in `cwd` with this venv's tools first on PATH; a failure shows its output's tail."""
+    require_workflow_marker()
     exe = Path(sys.executable).with_name("snakemake")
     e = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})}
     p = subprocess.run([str(exe), *args], cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from photos import iou, photo
+from helpers.photos import iou, photo
 
 import visfeat
 

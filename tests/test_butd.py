@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from photos import assert_same_regions, photo
+from helpers.photos import assert_same_regions, photo
 from PIL import Image
 
 import visfeat

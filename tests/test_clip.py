@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from tiny_models import original_clip_module
+from helpers.tiny_models import original_clip_module
 from torchvision import transforms as T
 
 import visfeat

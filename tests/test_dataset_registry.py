@@ -7,7 +7,7 @@ import re
 import pytest
 import yaml
 from conftest import REPO, copy_workflow, snakemake
-from http_server import FileServer, zip_bytes
+from helpers.http_server import FileServer, zip_bytes
 from PIL import Image
 
 import visfeat
@@ -39,6 +39,7 @@ def test_registry_entries_are_complete():
                        "nlvr2_test1"}  # allenai/x-lxmert README "Download features": grid8 and boxes36 of each
 
 
+@pytest.mark.workflow
 def test_dry_run_plans_the_whole_registry_without_network(tmp_path):
     wd = copy_workflow(tmp_path)
     cfg = yaml.safe_load((wd / "config/config.yaml").read_text())

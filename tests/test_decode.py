@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from photos import cosine, iou, photo
+from helpers.photos import cosine, iou, photo
 from PIL import Image
 
 import visfeat
@@ -59,7 +59,7 @@ def large(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def tiny_vit(tmp_path_factory) -> str:
-    from tiny_models import save_state_dict, tiny_clip_state_dict
+    from helpers.tiny_models import save_state_dict, tiny_clip_state_dict
 
     return str(save_state_dict(tiny_clip_state_dict("vit32"), tmp_path_factory.mktemp("clip") / "vit32.pt"))
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from photos import cosine, photo
+from helpers.photos import cosine, photo
 from PIL import Image
 from test_decode import FAMILIES, PHOTOS, damaged_jpegs, extract, jpegs, rotated_and_png
 

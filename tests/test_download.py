@@ -2,7 +2,7 @@ import hashlib
 import tarfile
 
 import pytest
-from http_server import FileServer, zip_bytes
+from helpers.http_server import FileServer, zip_bytes
 
 from visfeat.extractors.weights import WeightFile, WeightsMissing, fetch
 from visfeat.sources.download import ChecksumError, DownloadError, download, unpack

@@ -100,7 +100,7 @@ def command_entry(cmd: str) -> set[str]:
 
 
 def rules():
-    """(rule, env file or None for the family-dependent extract env, visfeat subcommand)"""
+    """(rule, env file or None for the preset-dependent extract env, visfeat subcommand)"""
     out = []
     for smk in (REPO / "workflow/rules").glob("*.smk"):
         for block in re.split(r"\n(?=rule )", smk.read_text()):
@@ -121,9 +121,9 @@ def test_every_rule_env_holds_its_imports():
     for rule, env, cmd in rules():
         envs = [(REPO / "workflow/rules" / env).resolve()] if env else None
         entry = command_entry(cmd)
-        if envs is None:  # one env per extractor family: check each family's builder module too
-            fams = {p.family: p.builder.split(":")[0] for p in PRESETS.values()}
-            cases = [(REPO / f"envs/{fam}.yaml", entry | {mod}) for fam, mod in fams.items()]
+        if envs is None:  # the env each preset declares: check it holds that preset's builder module too
+            builds = sorted({(p.env, p.builder.split(":")[0]) for p in PRESETS.values()})
+            cases = [(REPO / f"envs/{env}.yaml", entry | {mod}) for env, mod in builds]
         else:
             cases = [(envs[0], entry)]
         for env_file, modules in cases:
@@ -141,3 +141,15 @@ def test_cpu_steps_do_not_import_torch():
     for rule, env, cmd in rules():
         if env and env.endswith("cpu.yaml"):
             assert "torch" not in third_party(command_entry(cmd)), rule
+
+
+def test_every_preset_env_is_a_file():
+    """`Preset.env` names the extract rule's conda env (common.smk get_extract_env): each known env has its file,
+    and a preset can only name a known one (`register` refuses others)."""
+    from visfeat.extractors.preset import ENVS
+    from visfeat.extractors.registry import PRESETS, presets
+
+    presets()
+    assert {p.env for p in PRESETS.values()} <= set(ENVS)
+    for env in ENVS:
+        assert (REPO / "envs" / f"{env}.yaml").is_file(), env

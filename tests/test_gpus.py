@@ -7,7 +7,7 @@ import time
 import pytest
 import yaml
 from conftest import copy_workflow, snakemake
-from throttle import throttled_env
+from helpers.throttle import throttled_env
 
 CLAIM = "from visfeat.engine.gpus import claim_gpu; import os, sys, time; claim_gpu(poll=0.2); " \
         "print(os.environ['CUDA_VISIBLE_DEVICES'], flush=True); time.sleep(float(sys.argv[1]))"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from photos import assert_same_regions, photo
+from helpers.photos import assert_same_regions, photo
 
 import visfeat
 

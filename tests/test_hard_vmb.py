@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from photos import cosine, photo
+from helpers.photos import cosine, photo
 
 import visfeat
 

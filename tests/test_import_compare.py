@@ -153,7 +153,7 @@ def test_workflow_takes_published_features_when_configured(tmp_path):
 
     import yaml
     from conftest import copy_workflow, snakemake
-    from http_server import FileServer
+    from helpers.http_server import FileServer
 
     rows = random_rows(2)
     region_store(tmp_path / "orig.h5", rows)
@@ -215,6 +215,7 @@ def test_registry_published_entry_matches_dataset_source_preset_and_options(tmp_
         bad.stdout + bad.stderr)
 
 
+@pytest.mark.workflow
 def test_registry_xlxmert_grid8_and_boxes36_entries_plan_download_and_import(tmp_path):
     """X-LXMERT's published files: nlvr2 dev grid8 (grid8-x152) and boxes36 (vmb-x152 at 36 boxes), planned."""
     import yaml

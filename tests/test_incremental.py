@@ -189,7 +189,10 @@ class _Regions(Extractor):
     """Real decoding, a batch-independent forward with a ragged field (rows per image from its pixels) and a
     fixed one, grouped by aspect like the detectors: the reuse paths of a region store, without a detector."""
 
-    preset, config, weights_sha256, group_by_aspect = "regions-t", {"exif": True, "max_pixels": 10**8}, "", True
+    group_by_aspect = True
+
+    def __init__(self):
+        super().__init__("regions-t", {"exif": True, "max_pixels": 10**8}, "0" * 64, "cpu", False)
 
     def fields(self):
         return [FieldSpec("g", (3,)), FieldSpec("boxes", (4,), ragged="regions")]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from photos import assert_same_regions, cosine, photo, top_boxes
+from helpers.photos import assert_same_regions, cosine, photo, top_boxes
 
 import visfeat
 from visfeat.engine.items import folder_items
@@ -253,6 +253,7 @@ def test_config_yaml_is_read_for_the_values_that_matter():
         options_from_yaml(yml, resolve_options("vinvl-x152c4"))
 
 
+@pytest.mark.workflow
 def test_workflow_vinvl_with_placed_weights_and_labelmap(tmp_path, sample_dir):
     """Real snakemake with a configured `resources:` folder: both files of the preset placed where fetch_weights
     would put them there; the store and the report read ids as the labelmap's words."""

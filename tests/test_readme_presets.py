@@ -28,7 +28,7 @@ def test_readme_table_is_the_catalogs(preset_table):
 def test_a_preset_added_without_regenerating_fails_the_check(preset_table, monkeypatch):
     preset_table.table()  # the catalog is loaded before the dummy joins it
     monkeypatch.setitem(PRESETS, "dummy", Preset(
-        name="dummy", family="timm", builder="none:none", summary="a preset the README does not list",
+        name="dummy", env="timm", builder="none:none", summary="a preset the README does not list",
         outputs=(Field("global", (8,)),), source="-", license="-", citation="-"))
     written = preset_table.section(preset_table.README.read_text(encoding="utf-8"))
     assert "`dummy`" in preset_table.table() and written != preset_table.table()

@@ -9,7 +9,9 @@ import pytest
 from conftest import copy_workflow, snakemake
 from PIL import Image
 
-from visfeat.analysis.report import grid_extent
+from visfeat.analysis.report import feature_report, grid_extent
+from visfeat.store.format import FieldSpec
+from visfeat.store.writer import StoreWriter
 
 FEATURE_FIGURES = {"samples.png", "norms.png", "classes.png", "failures.png", "throughput.png"}
 KMEANS_FIGURES = {"objective.png", "cluster_sizes.png", "codes.png"}
@@ -32,8 +34,7 @@ def test_report_has_every_figure(tmp_path):
             assert im.format == "PNG" and im.width >= 400 and im.height >= 150, (name, im.size)
             assert len(np.unique(np.asarray(im.convert("L")))) > 8, name  # not a blank canvas
         # the throughput figure has its bars (matplotlib's tab:purple), not the "no data" text
-        rgb = np.asarray(Image.open(io.BytesIO(z.read(pngs["throughput.png"]))).convert("RGB")).astype(int)
-        bars = (np.abs(rgb - [0x94, 0x67, 0xbd]).sum(-1) < 30).sum()
+        bars = _purple_pixels(io.BytesIO(z.read(pngs["throughput.png"])))
         assert bars > 500, f"throughput.png has no bars ({bars} purple pixels)"
 
     out = tmp_path / "chelsea.png"
@@ -41,6 +42,22 @@ def test_report_has_every_figure(tmp_path):
                     "--root", str(wd / "resources/datasets/sample"), "--out", str(out)], check=True,
                    env={"PYTHONPATH": str(wd / "src"), "PATH": ""}, capture_output=True)
     assert Image.open(out).size[0] >= 400
+
+
+def _purple_pixels(png) -> int:
+    """The throughput figure's bars (matplotlib's tab:purple), not its "no data" text."""
+    rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    return int((np.abs(rgb - [0x94, 0x67, 0xbd]).sum(-1) < 30).sum())
+
+
+def test_throughput_figure_draws_the_measurements_it_is_given(tmp_path):
+    w = StoreWriter(tmp_path / "s.h5", [FieldSpec("global", (4,))], {"preset": "t", "extractor": "t", "config": "{}"})
+    w.append(["a", "b"], ["a.jpg", "b.jpg"], np.full((2, 2), 8), {"global": np.ones((2, 4), np.float32)})
+    w.close()
+    drawn = feature_report(str(tmp_path / "s.h5"), str(tmp_path / "a"), throughput=[("0", 8, 2.0), ("1", 6, 1.0)])
+    empty = feature_report(str(tmp_path / "s.h5"), str(tmp_path / "b"))
+    assert _purple_pixels(drawn[-1]) > 500 and drawn[-1].name == "throughput.png"
+    assert _purple_pixels(empty[-1]) == 0
 
 
 def test_grid_extent_follows_the_crop():

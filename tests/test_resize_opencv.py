@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from photos import assert_same_regions, cosine, iou, photo, top_boxes
+from helpers.photos import assert_same_regions, cosine, iou, photo, top_boxes
 from PIL import Image
 
 import visfeat

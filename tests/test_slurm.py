@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import copy_workflow, snakemake
-from slurm_cluster import LocalSlurm, unavailable_reason
-from test_extract import stores_identical
-from throttle import throttled_env
+from helpers.slurm_cluster import LocalSlurm, unavailable_reason
+from helpers.throttle import throttled_env
+from helpers.stores import stores_identical
 
 import visfeat
 
 REASON = unavailable_reason()
-pytestmark = [pytest.mark.slurm, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
+pytestmark = [pytest.mark.slurm, pytest.mark.workflow, pytest.mark.skipif(REASON is not None, reason=REASON or "")]
 
 
 def _workflow(root: Path, tiny_clip) -> Path:

@@ -1,12 +1,28 @@
 import json
 
+import h5py
 import numpy as np
 import pytest
 import torch
 
 import visfeat
-from visfeat.store.format import FieldSpec, StoreError
+from visfeat.engine.reuse import PreviousStore
+from visfeat.store.format import (
+    FAILED,
+    FAILED_ID,
+    FAILED_REASON,
+    FAILED_SHA256,
+    IMAGE_HW,
+    IMAGE_ID,
+    IMAGE_PATH,
+    IMAGE_SHA256,
+    WRITER_ATTRS,
+    FieldSpec,
+    StoreError,
+    offsets_name,
+)
 from visfeat.store.merge import merge
+from visfeat.store.reader import read_failures, read_rows
 from visfeat.store.writer import StoreWriter
 
 SPECS = [FieldSpec("global", (4,)), FieldSpec("boxes", (4,), ragged="regions"), FieldSpec("obj_id", (), "int64", "regions")]
@@ -70,3 +86,28 @@ def test_torch_dataset_with_workers(tmp_path):
     rows = torch.cat([b["global"] for b in loader])
     assert rows.shape == (20, 4)
     assert torch.equal(rows[7], torch.from_numpy(visfeat.open(tmp_path / "a.h5")["id7"]["global"]))
+
+
+def test_the_file_holds_exactly_the_names_format_declares(tmp_path):
+    _write(tmp_path / "a.h5", ["a", "bb"], failed=[("x", "empty file")])
+    with h5py.File(tmp_path / "a.h5", "r") as h:
+        names: list[str] = []
+        h.visit(names.append)
+        attrs = set(h.attrs)
+    assert set(names) == {IMAGE_ID, IMAGE_PATH, IMAGE_HW, IMAGE_SHA256, FAILED, FAILED_ID, FAILED_REASON,
+                          FAILED_SHA256, offsets_name("regions"), *(s.name for s in SPECS)}
+    assert set(WRITER_ATTRS) | {"preset", "extractor", "config", "weights_sha256"} == attrs
+
+
+def test_a_store_from_before_content_hashes_reads_empty_digests(tmp_path):
+    """Stores written before `image_sha256` and `failed/sha256` existed: every reader gives "" (content unknown),
+    so an incremental rerun extracts those images again rather than trusting them."""
+    _write(tmp_path / "old.h5", ["a", "bb", "ccc"], failed=[("x", "empty file")])
+    with h5py.File(tmp_path / "old.h5", "r+") as h:
+        del h[IMAGE_SHA256], h[FAILED_SHA256]
+    s = visfeat.open(tmp_path / "old.h5")
+    assert read_rows(s, 1, 3).sha256 == ["", ""] and read_failures(s) == [("x", "empty file", "")]
+    assert s["bb"]["obj_id"].tolist() == [1, 2]
+    prev = PreviousStore(tmp_path / "old.h5")
+    assert prev.rows["ccc"] == (2, "ccc.jpg", "") and prev.failed == {"x": ("empty file", "")}
+    prev.close()

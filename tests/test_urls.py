@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import REPO, copy_workflow, snakemake
-from http_server import FileServer
+from helpers.http_server import FileServer
 from PIL import Image
 
 import visfeat
@@ -161,6 +161,7 @@ def _sample_folder(path: Path, jpegs: dict[str, bytes], keys: dict[str, str]) ->
     return path
 
 
+@pytest.mark.workflow
 def test_workflow_killed_download_resumes_and_gives_the_features_of_a_folder(tmp_path, img2dataset, jpegs):
     """A real snakemake run over a urls source, killed (SIGKILL, the whole process group) while img2dataset is in
     tar 1: the rerun downloads nothing of the finished tar 0; the store holds the features of a folder of the same

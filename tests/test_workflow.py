@@ -15,9 +15,9 @@ import pytest
 import torch
 import yaml
 from conftest import copy_workflow, snakemake
-from http_server import FileServer
-from test_extract import stores_identical
-from throttle import throttled_env
+from helpers.http_server import FileServer
+from helpers.throttle import throttled_env
+from helpers.stores import stores_identical
 
 import visfeat
 from visfeat.engine.items import folder_items

@@ -5,18 +5,6 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
-
-def _kv(items: list[str]) -> dict:
-    out = {}
-    for it in items or []:
-        if "=" not in it:
-            raise SystemExit(f"--set expects KEY=VALUE, got {it!r}")
-        k, v = it.split("=", 1)
-        out[k] = yaml.safe_load(v)
-    return out
-
 
 def cmd_presets(a) -> int:
     from visfeat.extractors.registry import PRESETS, presets
@@ -27,72 +15,20 @@ def cmd_presets(a) -> int:
             print(name)
             continue
         w = p.weights_note or ", ".join(f"{wf.filename} <{wf.url}>" for wf in p.weights)
-        print(f"{name}  [{p.family}]\n  {p.summary}\n  fields: {p.fields}\n  weights: {w}\n"
+        tags = ", ".join((f"env {p.env}",) + p.capabilities)
+        print(f"{name}  [{tags}]\n  {p.summary}\n  fields: {p.fields}\n  weights: {w}\n"
               f"  source: {p.source}\n  licence: {p.license}\n  cite: {p.citation}\n")
     return 0
 
 
 def cmd_extract(a) -> int:
-    from visfeat.engine.items import folder_items, manifest_items, read_list
-    from visfeat.engine.run import run_extraction
-    from visfeat.extractors.registry import load_extractor
+    from visfeat.engine.request import ExtractRequest
+    from visfeat.engine.run import extract
+    from visfeat.engine.stats import write_stats
 
-    if sum(map(bool, (a.images, a.list, a.manifest))) != 1:
-        raise SystemExit("give exactly one of --images DIR, --list FILE or --manifest FILE")
-    if a.manifest and (a.shard is None) != (a.shards is None):
-        raise SystemExit("--manifest: give both --shard I and --shards N, or neither (the whole manifest)")
-    if a.images:
-        items = folder_items(a.images)
-    elif a.list:
-        items = read_list(a.list, a.root)
-    else:  # the workflow's extract job: its shard of the manifest, read directly (no list file per shard)
-        items = manifest_items(a.manifest, a.shards or 1, a.shard or 0, a.root or Path(a.manifest).parent)
-    boxes = None
-    if a.boxes:
-        from visfeat.sources.given_boxes import check_covered, read_boxes
-
-        try:
-            boxes = read_boxes(a.boxes)
-            check_covered(boxes, [it.image_id for it in items], a.boxes)
-        except (OSError, ValueError) as e:
-            raise SystemExit(f"--boxes: {e}") from None
-
-    def load():  # built only when an image needs the model (an incremental rerun may need none)
-        if a.device != "cpu":
-            from visfeat.engine.gpus import claim_gpu
-
-            claim_gpu()  # several GPUs, no scheduler: one per job (before CUDA initialises)
-        ex = load_extractor(a.preset, weights=a.weights, device=a.device, amp=a.amp, **_kv(a.set))
-        if boxes is not None:
-            try:
-                ex.set_given_boxes(boxes)
-            except ValueError as e:
-                raise SystemExit(f"--boxes: {e}") from None
-        return ex
-
-    res = run_extraction(load, items, a.out, batch_size=a.batch_size, workers=a.workers, name=a.name or a.preset,
-                         storage_dtype=a.dtype, compression=a.compression, request=_extract_request(a, boxes))
+    res = extract(ExtractRequest.from_args(a))
+    write_stats(a.stats, res)  # measurements beside the log: the store stays reproducible
     return 0 if res else 1
-
-
-def _extract_request(a, boxes) -> str:
-    """reuse.request_digest of this command, without building the model; "" where it cannot tell (the
-    builder then reports the problem)."""
-    from visfeat.engine.reuse import request_digest
-    from visfeat.extractors.registry import get_preset, resolve_options
-    from visfeat.extractors.weights import resolve_weights, sha256_of
-
-    try:
-        p = get_preset(a.preset)
-        options = resolve_options(a.preset, _kv(a.set))
-        sha = sha256_of(a.weights) if a.weights else resolve_weights(p, None)[1] if p.weights else "packaged"
-    except Exception:
-        return ""
-    if boxes is not None:
-        from visfeat.sources.given_boxes import digest
-
-        boxes = digest(boxes)
-    return request_digest(a.preset, options, sha, a.amp, a.dtype, a.name or a.preset, a.compression, boxes)
 
 
 def cmd_inspect(a) -> int:
@@ -135,49 +71,12 @@ def cmd_compare(a) -> int:
 
 
 def cmd_manifest(a) -> int:
-    from visfeat.sources import splits
-    from visfeat.sources.folder import pairs_from_folders, read_image_list, scan_folder
-    from visfeat.sources.manifest import build_manifest, missing_ids, write_manifest
-    from visfeat.sources.tars import img2dataset_tars, scan_img2dataset, scan_webdataset, tar_paths
+    from visfeat.sources.kinds import MANIFEST_SOURCES, SOURCE_KINDS, ManifestRequest
 
-    root = Path(a.root)
-    if a.source == "folder" and not root.is_dir() and a.missing_message:
-        raise SystemExit(f"visfeat manifest: error: image folder {root} does not exist.\n{a.missing_message}")
-    if a.source in ("webdataset", "urls"):  # its own manifest: tar members, text members, a shard per tar block
-        if a.source == "urls":  # img2dataset's tars, and its failed URLs as rows that fail
-            tars = img2dataset_tars(a.downloaded)
-            df = scan_img2dataset(a.downloaded, a.shards, apply_exif=not a.no_exif)
-        else:
-            tars = tar_paths(a.tars)
-            df = scan_webdataset(tars, a.tars_per_shard, apply_exif=not a.no_exif)
-        write_manifest(df, a.out)
-        bad = df.loc[df["error"] != "", "image_id"]
-        print(f"manifest: {len(df)} samples in {len(tars)} tars -> {a.out}")
-        if len(bad):  # kept in the manifest: extraction records them as failed, by id
-            why = "failed downloads and broken members" if a.source == "urls" else "a truncated tar by its name"
-            print(f"without an image to extract ({len(bad)}; {why}), by id: "
-                  f"{' '.join(bad[:50])}{' ...' if len(bad) > 50 else ''}")
-        return 0
-    if a.source in ("folder", "archive", "sample"):
-        pairs = scan_folder(root, a.id_style)
-    elif a.source == "list":
-        pairs = read_image_list(a.list, a.id_style)
-    elif a.source == "folders":
-        pairs = pairs_from_folders(root, a.folder, a.id_style)
-    elif a.source == "annotation":
-        pairs = splits.pairs_from_coco_annotation(root / a.annotation, a.folder[0], a.id_style)
-    elif a.source == "karpathy":
-        folders = dict(f.split("=", 1) for f in a.folder)
-        pairs = splits.pairs_from_karpathy(root / a.annotation, a.split, folders)
-    else:
-        raise SystemExit(f"unknown source {a.source!r}")
-    df = build_manifest(root, pairs, apply_exif=not a.no_exif)
-    write_manifest(df, a.out)
-    bad = int((df["width"] < 0).sum())
-    missing = missing_ids(df)
-    print(f"manifest: {len(df)} images under {root} ({bad} with unreadable headers, {len(missing)} missing) -> {a.out}")
-    if missing:  # kept in the manifest: extraction records them as failed, by id
-        print(f"missing image files ({len(missing)}), by id: {' '.join(missing[:50])}{' ...' if len(missing) > 50 else ''}")
+    if a.source not in MANIFEST_SOURCES:  # checked here, not by argparse: the parser stays free of the kinds' readers
+        raise SystemExit(f"visfeat manifest: --source {a.source!r} is not a source kind; kinds: "
+                         f"{', '.join(MANIFEST_SOURCES)}")
+    print("\n".join(SOURCE_KINDS[a.source].build_manifest(ManifestRequest.from_args(a))))
     return 0
 
 
@@ -281,8 +180,11 @@ def cmd_report(a) -> int:
     if a.centroids:
         paths = kmeans_report(a.centroids, a.store, a.out_dir, root=a.root)
     else:
+        from visfeat.engine.stats import throughput
+
         logs = numbered_files(a.log, a.log_dir, a.shards, ".log", "report --log-dir/--shards")
-        paths = feature_report(a.store, a.out_dir, root=a.root, logs=logs, weights_root=a.weights_root)
+        paths = feature_report(a.store, a.out_dir, root=a.root, throughput=throughput(logs),
+                               weights_root=a.weights_root)
     print("\n".join(str(p) for p in paths))
     return 0
 
@@ -316,13 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=__import__("visfeat").__version__)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    p = sub.add_parser("presets", help="list presets: family, fields, weights, licence, citation")
+    p = sub.add_parser("presets", help="list presets: conda env, capabilities, fields, weights, licence, citation")
     p.add_argument("--names", action="store_true", help="names only")
     p.set_defaults(func=cmd_presets)
 
+    from visfeat.engine.request import add_flags
+
     p = sub.add_parser("extract", help="extract features of a folder or an image list into one store")
-    p.add_argument("--preset", required=True)
-    p.add_argument("--weights", help="weights file (default: resources/weights/{preset}/ or the shipped file)")
+    add_flags(p)  # the instance options: --preset, --weights, --batch-size, ... (engine/request.py OPTIONS)
     p.add_argument("--images", help="folder of images (recursive)")
     p.add_argument("--list", help="list file: `path` or `image_id<TAB>path` per line")
     p.add_argument("--manifest", help="a dataset's manifest.parquet (`visfeat manifest`): its images, or one shard")
@@ -331,15 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", help="folder that relative paths in --list or --manifest resolve against "
                                   "(default: the file's folder)")
     p.add_argument("--out", required=True, help="output .h5 (appears when complete; rerun resumes)")
+    p.add_argument("--stats", metavar="FILE", help="also write the run's counts and timings to FILE (JSON)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="preset option (YAML value)")
-    p.add_argument("--boxes", help="given boxes per image id (forced-boxes mode, region presets)")
-    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when present")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--workers", type=int, default=2, help="DataLoader workers decoding images")
-    p.add_argument("--amp", action="store_true", help="autocast: float16 on CUDA, bfloat16 on the CPU")
-    p.add_argument("--name", help="extractor instance name stored in the file (default: the preset)")
-    p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="storage dtype")
-    p.add_argument("--compression", choices=["none", "gzip", "lzf"], default="none")
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("inspect", help="what is in a feature file")
@@ -379,9 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("manifest", help="(workflow) list a dataset's images into manifest.parquet")
-    p.add_argument("--source", required=True,
-                   choices=["folder", "list", "sample", "archive", "folders", "annotation", "karpathy",
-                            "webdataset", "urls"])
+    p.add_argument("--source", required=True, help="the source kind building it (sources/kinds.py)")
     p.add_argument("--root", required=True)
     p.add_argument("--tars", action="append", default=[],
                    help="webdataset: a brace pattern ({00000..00331}.tar), a tar, or a folder of .tar files "

@@ -20,7 +20,9 @@ def _registry_path():
 
 
 try:
-    REGISTRY = load_registry(str(_registry_path()))
+    REGISTRY = load_registry(
+        str(_registry_path()), str(Path(workflow.basedir) / "workflow/schemas/datasets.schema.yaml")
+    )
     config = validate_config(
         config, str(Path(workflow.basedir) / "workflow/schemas/config.schema.yaml"), registry=REGISTRY
     )
@@ -32,19 +34,15 @@ R = config["results"]
 RES = config["resources"]
 DATASETS = config["datasets"]
 EXTRACTORS = config["extractors"]
-ENV_OF_FAMILY = {
-    "clip": "../../envs/clip.yaml",
-    "timm": "../../envs/timm.yaml",
-    "detector": "../../envs/detector.yaml",
-}
 _VISFEAT = f"PYTHONPATH={shlex.quote(VISFEAT_SRC)}${{PYTHONPATH:+:$PYTHONPATH}} python -m visfeat"
 
 
-def visfeat(command):
+def visfeat(command, log="{log}"):
     """A rule's shell line: `visfeat COMMAND`, all its output in the rule's log, whose last lines are printed when
-    the job fails (Snakemake itself prints only the log's name)."""
+    the job fails (Snakemake itself prints only the log's name). `log`: that log's placeholder where the rule names
+    its logs (`{log.log}`: a plain `{log}` would be all of them)."""
     prefix = _VISFEAT.replace("{", "{{").replace("}", "}}")  # literal braces, not Snakemake placeholders
-    return f"{prefix} {command} > {{log}} 2>&1 || (tail -n 3 {{log}} >&2; exit 1)"
+    return f"{prefix} {command} > {log} 2>&1 || (tail -n 3 {log} >&2; exit 1)"
 
 
 def _alternatives(names):
@@ -56,8 +54,8 @@ def _alternatives(names):
 wildcard_constraints:
     dataset=_alternatives(DATASETS),
     extractor=_alternatives(EXTRACTORS),
-    prepared=_alternatives([d for d, v in DATASETS.items() if v["source"] in ("sample", "archive")]),
-    urls=_alternatives([d for d, v in DATASETS.items() if v["source"] == "urls"]),
+    prepared=_alternatives([d for d in DATASETS if ARGS.source(d).prepared]),
+    urls=_alternatives([d for d in DATASETS if ARGS.source(d).downloads]),
     archive=_alternatives(REGISTRY["archives"]),
     kmeans=_alternatives(config["kmeans"]),
     i=r"\d+",
@@ -67,16 +65,8 @@ wildcard_constraints:
 
 
 def get_dataset_input(wildcards):
-    d, reg = DATASETS[wildcards.dataset], ARGS.registry_entry(wildcards.dataset)
-    if reg is not None:  # a local sign-up folder is checked by the job itself, so -n plans without it
-        return [] if "local" in reg else [f"{RES}/archives/{a}" for a in reg["archives"]]
-    if d["source"] == "list":
-        return [d["list"]]
-    if d["source"] == "webdataset":
-        return ARGS.tars(wildcards.dataset)
-    if d["source"] == "urls":  # img2dataset's finished tars (rule download_urls)
-        return [ARGS.downloaded(wildcards.dataset)]
-    return [ARGS.dataset_root(wildcards.dataset)]
+    """What the manifest job reads: the dataset's source kind says (src/visfeat/sources/kinds.py `inputs`)."""
+    return ARGS.source(wildcards.dataset).inputs()
 
 
 def get_shard_stores(wildcards):
@@ -110,7 +100,8 @@ def get_extract_input(wildcards):
 
 
 def get_extract_env(wildcards):
-    return ENV_OF_FAMILY[get_preset(EXTRACTORS[wildcards.extractor]["preset"]).family]
+    """The conda env the preset declares (`Preset.env`, one of envs/*.yaml)."""
+    return f"../../envs/{get_preset(EXTRACTORS[wildcards.extractor]['preset']).env}.yaml"
 
 
 def get_captions(wildcards):

@@ -4,7 +4,7 @@ rule extract:
     # declared output, so a killed or preempted job continues from its last flushed batch when rerun; the .h5
     # appears only when complete. update(): Snakemake keeps the previous store while the job runs (and puts it
     # back if the job fails), so a rerun after the dataset changed reuses its rows of unchanged images and
-    # extracts only the rest (extract.py); a shard with nothing new does not even load the model.
+    # extracts only the rest (engine/run.py); a shard with nothing new does not even load the model.
     input:
         unpack(get_extract_input),
     output:
@@ -13,7 +13,10 @@ rule extract:
         # one input function and one params function: Snakemake's cost per planned job grows with their number
         args=lambda wc, input: ARGS.extract_job(wc.dataset, wc.extractor, input.weights, input.boxes),
     log:
-        "logs/extract/{dataset}/{extractor}/{i}.log",
+        # the job's output, and its counts and timings as data for the report (`throughput`), kept out of the
+        # store so that its bytes stay reproducible
+        log="logs/extract/{dataset}/{extractor}/{i}.log",
+        stats="logs/extract/{dataset}/{extractor}/{i}.stats.json",
     threads: lambda wc: EXTRACTORS[wc.extractor]["workers"] + 1
     resources:
         gpu=1,
@@ -21,5 +24,7 @@ rule extract:
         get_extract_env
     shell:
         visfeat(
-            "extract {params.args} --manifest {input.manifest} --shard {wildcards.i} --out {output}"
+            "extract {params.args} --manifest {input.manifest} --shard {wildcards.i} --out {output} "
+            "--stats {log.stats}",
+            log="{log.log}",
         )

@@ -2,13 +2,13 @@
 
 `feature_report`: per dataset x extractor: sample images (with boxes and labels when the store has regions),
 feature norms (and boxes per image for region stores), failures by reason, and images/s per shard from the
-extraction logs. `kmeans_report`: objective per iteration, cluster sizes, and images with their grid cells
-coloured by code. `show`: one image's boxes (or grid) to a PNG.
+extraction jobs' measurements (engine/stats.py `throughput`, given as data). `kmeans_report`: objective per
+iteration, cluster sizes, and images with their grid cells coloured by code. `show`: one image's boxes (or grid)
+to a PNG.
 """
 from __future__ import annotations
 
 import functools
-import re
 from collections import Counter
 from pathlib import Path
 
@@ -20,9 +20,8 @@ import numpy as np  # noqa: E402
 
 from visfeat.extractors.vocab import WEIGHTS_ROOT  # noqa: E402
 from visfeat.sources.images import ImageError, load_image, load_tar_member  # noqa: E402
+from visfeat.store.format import IMAGE_HW, IMAGE_ID, IMAGE_PATH, Attr, offsets_name  # noqa: E402
 from visfeat.store.reader import FeatureStore  # noqa: E402
-
-_DONE = re.compile(r"\[visfeat\] done: (\d+) images, (\d+) failed, (\d+) processed now in ([\d.]+) s")
 
 
 @functools.lru_cache(maxsize=4)
@@ -37,12 +36,12 @@ def _tar_members(manifest: str) -> dict[str, tuple[str, int, int]]:
 def _image(root: str | None, store: FeatureStore, i: int):
     """The image of row i, to draw under its features: `root` is the dataset root, or for a tar source its
     manifest.parquet (the image is read in place from its tar). None when it cannot be read."""
-    rel = store.h5["image_path"].asstr()[i]
+    rel = store.h5[IMAGE_PATH].asstr()[i]
     if root is None or not rel:  # imported (published) stores carry no image paths
         return None
     try:
         if root.endswith(".parquet"):
-            member = _tar_members(root).get(store.h5["image_id"].asstr()[i])
+            member = _tar_members(root).get(store.h5[IMAGE_ID].asstr()[i])
             return load_tar_member(*member) if member else None
         return load_image(Path(root) / rel)
     except (ImageError, OSError, KeyError, ValueError):
@@ -53,7 +52,7 @@ def _words(store: FeatureStore, weights_root: str):
     """The preset's vocabularies, saying on stdout (the rule's log) where the labels come from."""
     from visfeat.extractors.vocab import labelmap_path, words_for
 
-    preset = str(store.attrs.get("preset", ""))
+    preset = str(store.attrs.get(Attr.PRESET, ""))
     words = words_for(preset, weights_root)
     path = labelmap_path(preset, weights_root)
     if path is not None:
@@ -86,14 +85,14 @@ def _draw(ax, store: FeatureStore, i: int, root: str | None, words, max_boxes: i
     if img is not None:
         ax.imshow(img)
     else:
-        h, w = row["image_hw"]
+        h, w = row[IMAGE_HW]
         ax.imshow(np.full((max(h, 1), max(w, 1), 3), 230, np.uint8))
     if "boxes" in row:
         for k, (x1, y1, x2, y2) in enumerate(row["boxes"][:max_boxes]):
             ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.5, color="yellow"))
             label = _label(row, k, words)
             ax.text(x1, y1, label, color="black", fontsize=6, bbox={"facecolor": "yellow", "pad": 1, "lw": 0})
-    ax.set_title(f"{image_id} {tuple(int(v) for v in row['image_hw'])}", fontsize=7)
+    ax.set_title(f"{image_id} {tuple(int(v) for v in row[IMAGE_HW])}", fontsize=7)
     ax.axis("off")
 
 
@@ -103,12 +102,14 @@ def _save(fig, path: Path) -> None:
     plt.close(fig)
 
 
-def feature_report(store_path: str, out_dir: str, root: str | None = None, logs: list[str] = (), n_samples: int = 8,
+def feature_report(store_path: str, out_dir: str, root: str | None = None,
+                   throughput: list[tuple[str, int, float]] = (), n_samples: int = 8,
                    weights_root: str = WEIGHTS_ROOT) -> list[Path]:
+    """The store's figures into `out_dir`; `throughput`: (shard, images, seconds) per extraction job."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     s = FeatureStore(store_path)
-    name = f"{s.attrs.get('extractor', '')} ({s.attrs.get('preset', '')})"
+    name = f"{s.attrs.get(Attr.EXTRACTOR, '')} ({s.attrs.get(Attr.PRESET, '')})"
     n = len(s)
     words = _words(s, weights_root)
     paths = []
@@ -130,12 +131,12 @@ def feature_report(store_path: str, out_dir: str, root: str | None = None, logs:
     data = s.h5[field][: min(n, 20000) if field != "features" else None]
     vecs = data.reshape(-1, data.shape[-1]) if data.ndim > 1 else data[:, None]
     norms = np.linalg.norm(vecs.astype(np.float32), axis=1) if len(vecs) else np.zeros(0)
-    ragged = "regions_offsets" in s.h5
-    fig, axes = plt.subplots(1, 2 if ragged else 1, figsize=(10 if ragged else 5, 3.5), squeeze=False)
+    boxes = next((offsets_name(sp.ragged) for sp in s.specs if sp.name == "boxes" and sp.ragged), None)
+    fig, axes = plt.subplots(1, 2 if boxes else 1, figsize=(10 if boxes else 5, 3.5), squeeze=False)
     axes[0, 0].hist(norms, bins=30, color="tab:blue")
     axes[0, 0].set(title=f"L2 norm of {field} vectors ({len(norms)})", xlabel="norm", ylabel="count")
-    if ragged:
-        counts = np.diff(s.h5["regions_offsets"][()])
+    if boxes:  # the boxes' group offsets: boxes per image
+        counts = np.diff(s.h5[boxes][()])
         axes[0, 1].hist(counts, bins=range(int(counts.max(initial=0)) + 2), color="tab:green")
         axes[0, 1].set(title="boxes per image", xlabel="boxes", ylabel="images")
     paths.append(out / "norms.png")
@@ -157,16 +158,7 @@ def feature_report(store_path: str, out_dir: str, root: str | None = None, logs:
     paths.append(out / "failures.png")
     _save(fig, paths[-1])
 
-    rates = []
-    for log in logs:
-        if not Path(log).exists():  # published stores were imported, not extracted here
-            continue
-        m = None
-        for m in _DONE.finditer(Path(log).read_text(errors="replace")):
-            pass
-        if m:
-            done, secs = int(m.group(3)), float(m.group(4))
-            rates.append((Path(log).stem, done, secs))
+    rates = list(throughput)
     fig, ax = plt.subplots(figsize=(6, 3))
     if rates:
         ax.bar([r[0] for r in rates], [r[1] / max(r[2], 1e-9) for r in rates], color="tab:purple")
@@ -174,7 +166,7 @@ def feature_report(store_path: str, out_dir: str, root: str | None = None, logs:
         ax.set(title=f"images/s per shard (all shards: {total:.2f} img/s per job-second)", xlabel="shard",
                ylabel="images/s")
     else:
-        ax.text(0.5, 0.5, "no extraction logs found", ha="center", va="center")
+        ax.text(0.5, 0.5, "no extraction measurements found", ha="center", va="center")
         ax.axis("off")
     paths.append(out / "throughput.png")
     _save(fig, paths[-1])
@@ -240,7 +232,7 @@ def kmeans_report(centroids_h5: str, codes_store: str | None, out_dir: str, root
         for ax, i in zip(axes.flat, picks):
             codes = s.row(int(i))["codes"]
             img = _image(root, s, int(i))
-            h, w = s.row(int(i))["image_hw"]
+            h, w = s.row(int(i))[IMAGE_HW]
             if img is not None:
                 ax.imshow(img)
             if img is None:

@@ -29,7 +29,7 @@ import torch
 from visfeat.detection.resnet import BLOCKS
 from visfeat.detection.statedict import load_strict
 
-if TYPE_CHECKING:  # .model imports torchvision (2-3 s here): gridfeats reads its .pth through this module alone
+if TYPE_CHECKING:  # .model imports torchvision (slow to import): gridfeats reads its .pth through this module alone
     from visfeat.detection.model import DetectorSpec
 
 

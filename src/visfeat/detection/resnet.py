@@ -9,7 +9,7 @@ by name; other layouts are renamed in `checkpoint`. Variants the originals use:
 Batches of mixed sizes: with `sizes` (each image's unpadded (h, w)), activations outside an image's own extent
 are zeroed before every spatial op (3x3 convs, the stem max-pool) and on the output. A padded image then sees
 exactly the zeros it would see alone at its border, so its valid outputs equal a run on its own (up to
-summation order): padding no longer leaks into the features. `out_sizes` gives each image's output extent.
+summation order): padding never leaks into the features. `out_sizes` gives each image's output extent.
 """
 from __future__ import annotations
 

@@ -232,7 +232,7 @@ def loop_survivors(boxes: torch.Tensor, probs: torch.Tensor, thresh: float, *, p
                    suppress_equal: bool = False, kernel_order: bool = False) -> torch.Tensor:
     """`nms_survivors` exact for every pair, by the originals' own loop: one torchvision nms per class. The exact
     passes that tie orders need (every candidate's score) use it: over all P x C pairs, one nms per class is much
-    faster on the CPU than `nms_survivors` with no floor (~2 s against ~60 s for 300 x 1600)."""
+    faster on the CPU than `nms_survivors` with no floor (bench/README.md, "selection.py")."""
     survived = torch.zeros(probs.shape, dtype=torch.bool, device=probs.device)
     t = suppression_threshold(thresh, suppress_equal)
     shared = grown_plus_one(boxes.float()) if plus_one and boxes.dim() == 2 else boxes.float()

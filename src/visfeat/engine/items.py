@@ -1,18 +1,6 @@
-"""Run one extractor over a list of images into one store, resumably and incrementally.
-
-DataLoader workers decode and preprocess while the model runs. Each finished batch is flushed as its own small
-file under `{out}.parts/` (written to a temporary name, then renamed), so a job killed at any instant loses at most
-the batch in flight; rerunning with the same arguments skips the flushed items. Batches are fixed runs of
-`batch_size` consecutive items, so a resumed run computes exactly the batches an uninterrupted one would and
-produces the same file. When all items are done the store is assembled under a temporary name and renamed to
-`out`: the finished file appears atomically.
-
-An existing `out` is the previous run's store: exactly up to date (same extractor signature, same images with
-the same content) it is left alone; otherwise its rows (and failures) are reused for every image whose id and
-file sha256 are unchanged under the same extractor signature, only the rest is extracted, and the store is
-assembled anew in item order, so it equals, byte for byte, the store a clean run writes (store.WRITE_BLOCK,
-SOURCE_DATE_EPOCH) wherever the model's output does not depend on which images share a batch."""
-# SPLIT FROM visfeat.extract
+"""What an extraction runs over: `Item`s (an image file or a tar member, with its id, stored path and content
+sha256), from a folder, a list file or a manifest's shard. The content hash is what an incremental rerun keys
+reuse on (engine/reuse.py)."""
 from __future__ import annotations
 
 import hashlib
@@ -59,14 +47,14 @@ def read_list(list_file: str | os.PathLike, root: str | os.PathLike | None = Non
 
 
 def manifest_items(manifest: str | os.PathLike, shards: int, index: int, root: str | os.PathLike) -> list[Item]:
-    """Shard `index` of `shards` of a manifest.parquet (datasets.shard_of), paths resolved against `root`: the
+    """Shard `index` of `shards` of a manifest.parquet (manifest.shard_of), paths resolved against `root`: the
     items, in the order, that `read_list` gives for the same shard written as a list file (same resume signature)."""
     import pandas as pd
 
     from visfeat.sources.manifest import shard_of
 
     part = shard_of(pd.read_parquet(manifest), shards, index)
-    if "tar" in part.columns:  # webdataset: tar members read in place, in tar order (datasets.scan_webdataset)
+    if "tar" in part.columns:  # webdataset: tar members read in place, in tar order (tars.scan_webdataset)
         return [Item(i, p, t, int(o), int(n), e) for i, p, t, o, n, e in
                 zip(part["image_id"], part["path"], part["tar"], part["offset"], part["bytes"], part["error"])]
     base = Path(root)

@@ -1,18 +1,6 @@
-"""Run one extractor over a list of images into one store, resumably and incrementally.
-
-DataLoader workers decode and preprocess while the model runs. Each finished batch is flushed as its own small
-file under `{out}.parts/` (written to a temporary name, then renamed), so a job killed at any instant loses at most
-the batch in flight; rerunning with the same arguments skips the flushed items. Batches are fixed runs of
-`batch_size` consecutive items, so a resumed run computes exactly the batches an uninterrupted one would and
-produces the same file. When all items are done the store is assembled under a temporary name and renamed to
-`out`: the finished file appears atomically.
-
-An existing `out` is the previous run's store: exactly up to date (same extractor signature, same images with
-the same content) it is left alone; otherwise its rows (and failures) are reused for every image whose id and
-file sha256 are unchanged under the same extractor signature, only the rest is extracted, and the store is
-assembled anew in item order, so it equals, byte for byte, the store a clean run writes (store.WRITE_BLOCK,
-SOURCE_DATE_EPOCH) wherever the model's output does not depend on which images share a batch."""
-# SPLIT FROM visfeat.extract
+"""Decoding and preprocessing between the items and the model: a map-style dataset for DataLoader workers
+(`ImageSamples`: an image or the reason it failed), the in-process decoder for `workers: 0` (`InProcess`), the
+collation of samples into batches (`Collate`), and aspect-ratio ordering so detector batches pad little."""
 from __future__ import annotations
 
 import time
@@ -117,8 +105,8 @@ def identity(x):
 class InProcess:
     """`workers: 0`: the main process decodes each batch's images itself, with `threads` threads (PIL's decoder
     and resize release the GIL), between two forwards. On a CPU the decoding and the model then take turns on
-    every core instead of competing for them: measured on 2 cores (64 640x480 JPEGs), decode + preprocess took
-    3.0 -> 2.0 ms an image for effnet-lite0 and 5.0 -> 2.7 ms for clip-vit-b32 with 2 threads instead of one."""
+    every core instead of competing for them, and more threads shorten each image's decoding (bench/README.md,
+    "Settings behind the CPU defaults")."""
 
     def __init__(self, ds: ImageSamples, indices: range, threads: int, chunk: int):
         self.ds, self.indices, self.threads, self.chunk = ds, indices, threads, chunk

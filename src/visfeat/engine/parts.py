@@ -1,18 +1,5 @@
-"""Run one extractor over a list of images into one store, resumably and incrementally.
-
-DataLoader workers decode and preprocess while the model runs. Each finished batch is flushed as its own small
-file under `{out}.parts/` (written to a temporary name, then renamed), so a job killed at any instant loses at most
-the batch in flight; rerunning with the same arguments skips the flushed items. Batches are fixed runs of
-`batch_size` consecutive items, so a resumed run computes exactly the batches an uninterrupted one would and
-produces the same file. When all items are done the store is assembled under a temporary name and renamed to
-`out`: the finished file appears atomically.
-
-An existing `out` is the previous run's store: exactly up to date (same extractor signature, same images with
-the same content) it is left alone; otherwise its rows (and failures) are reused for every image whose id and
-file sha256 are unchanged under the same extractor signature, only the rest is extracted, and the store is
-assembled anew in item order, so it equals, byte for byte, the store a clean run writes (store.WRITE_BLOCK,
-SOURCE_DATE_EPOCH) wherever the model's output does not depend on which images share a batch."""
-# SPLIT FROM visfeat.extract
+"""The resume state of one output: each finished batch flushed as its own small file under `{out}.parts/`
+(written to a temporary name, then renamed), so a job killed at any instant loses at most the batch in flight."""
 from __future__ import annotations
 
 import hashlib

@@ -3,10 +3,9 @@
 
 The consumer's stream waits on the copy's event before the batch is handed on, and every device tensor is marked
 as used there (`record_stream`), so the caching allocator never reuses its memory early. On the CPU `prefetch`
-is the identity: there the decoding (`extract._InProcess`) and the model take turns on every core, and a thread
-decoding during the forward would compete with the model's threads (extract.model_threads). Measured on 2
-cores (effnet-lite0, 256 640x480 JPEGs, runs alternating, the thread forced on): 45.1 img/s without it and 54.0
-with it in one series of 3, 59.8 and 55.2 in a series of 5: no gain beyond this machine's noise.
+is the identity: there the decoding (`loaders.InProcess`) and the model take turns on every core, and a thread
+decoding during the forward would compete with the model's threads (`forward.model_threads`); forced on, it
+gained nothing beyond noise (bench/README.md, "Settings behind the CPU defaults").
 
 Only image tensors (3 or more dimensions: (C, H, W) or (N, C, H, W)) travel to the device; per-image sizes and
 scales stay on the host, where the extractors read them as Python numbers (each read of a device scalar would

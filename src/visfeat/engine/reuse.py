@@ -2,10 +2,9 @@
 
 A row (or a recorded failure) is reused when the image id, the sha256 of the image's bytes (the file, or the tar
 member) and the extractor signature (everything besides the image that decides a row) are all unchanged.
-`request_digest` says the same of a command line without building the model, so a rerun with nothing to extract
-never loads it. `extract.run_extraction` decides with these; the store keeps `image_sha256`, `failed/sha256` and
-the `signature` / `request` attributes."""
-# SPLIT FROM visfeat.reuse
+`engine.request.request_digest` says the same of a command line without building the model, so a rerun with
+nothing to extract never loads it. `run.run_extraction` decides with these; the store keeps `image_sha256`,
+`failed/sha256` and the `signature` / `request` attributes."""
 from __future__ import annotations
 
 import hashlib
@@ -13,9 +12,7 @@ import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from visfeat.version import __version__
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from visfeat.engine.items import Item
@@ -32,33 +29,22 @@ def extractor_signature(extractor: Extractor, storage_dtype: str, name: str) -> 
     }, sort_keys=True).encode()).hexdigest()
 
 
-def request_digest(preset: str, options: dict[str, Any], weights_sha256: str, amp: bool, storage_dtype: str,
-                   name: str, compression: str | None, given_boxes: str | None) -> str:
-    """What a command asked for, computed without building the model (cli.py: resolved options, the weights
-    file's sha256). A previous store made by the same request has the signature this one would have, so a rerun
-    with nothing to extract never loads the model; visfeat's version stands for the code that builds it."""
-    return hashlib.sha256(json.dumps({
-        "preset": preset, "options": options, "weights": weights_sha256, "amp": bool(amp),
-        "storage_dtype": storage_dtype, "name": name, "compression": compression or "none",
-        "given_boxes": given_boxes, "visfeat": __version__,
-    }, sort_keys=True, default=str).encode()).hexdigest()
-
-
 class PreviousStore:
     """The store a previous run left at `out`: its signature and, per image id, its row or its failure."""
 
     def __init__(self, out: Path):
-        from visfeat.store.reader import FeatureStore, read_failures
+        from visfeat.store.format import IMAGE_PATH, IMAGE_SHA256, Attr
+        from visfeat.store.reader import FeatureStore, digests, read_failures
 
         self.store = FeatureStore(out)
         a = self.store.attrs
-        self.signature, self.request = str(a.get("signature", "")), str(a.get("request", ""))
-        self.compression = str(a.get("compression", "none"))
+        self.signature, self.request = str(a.get(Attr.SIGNATURE, "")), str(a.get(Attr.REQUEST, ""))
+        self.compression = str(a.get(Attr.COMPRESSION, "none"))
         self.attrs = a
         h = self.store.h5
-        sha = ([x.decode() for x in h["image_sha256"][()]] if "image_sha256" in h else [""] * len(self.store))
+        sha = digests(h, IMAGE_SHA256, 0, len(self.store))
         self.rows = {i: (k, p, d) for k, (i, p, d) in
-                     enumerate(zip(self.store.ids, h["image_path"].asstr()[()], sha))}
+                     enumerate(zip(self.store.ids, h[IMAGE_PATH].asstr()[()], sha))}
         self.failed = {i: (r, d) for i, r, d in read_failures(self.store)}
 
     @staticmethod

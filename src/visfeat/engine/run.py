@@ -12,7 +12,6 @@ the same content) it is left alone; otherwise its rows (and failures) are reused
 file sha256 are unchanged under the same extractor signature, only the rest is extracted, and the store is
 assembled anew in item order, so it equals, byte for byte, the store a clean run writes (store.WRITE_BLOCK,
 SOURCE_DATE_EPOCH) wherever the model's output does not depend on which images share a batch."""
-# SPLIT FROM visfeat.extract
 from __future__ import annotations
 
 import json
@@ -31,7 +30,9 @@ from visfeat.engine.forward import Forward, model_threads
 from visfeat.engine.items import Item, with_hashes
 from visfeat.engine.loaders import Collate, ImageSamples, InProcess, aspect_order, group_batches, identity
 from visfeat.engine.parts import Parts, pack, parts_signature
+from visfeat.engine.request import ExtractRequest, RequestError
 from visfeat.engine.reuse import PreviousStore, extractor_signature
+from visfeat.engine.stats import done_line
 from visfeat.store.format import FieldSpec
 from visfeat.store.writer import writing
 
@@ -95,7 +96,7 @@ def run_extraction(
     """Extract `items` into the store `out`, reusing a previous `out`'s rows of unchanged images (module doc);
     resumes from `{out}.parts/`; returns counts and timing. `extractor` may be a function building it: then it is
     built only when something needs the model and the previous store was made by another `request`
-    (reuse.request_digest)."""
+    (request.request_digest)."""
     out = Path(out)
     t = time.perf_counter()
     items = with_hashes(items)
@@ -149,10 +150,66 @@ def run_extraction(
     finally:
         if prev is not None:
             prev.close()
-    print(f"[visfeat] done: {n_ok} images, {n_failed} failed, {len(reused)} reused, {res['processed']} processed "
-          f"now in {res['seconds']:.1f} s ({res['processed'] / max(res['seconds'], 1e-9):.2f} img/s); seconds: "
-          + ", ".join(f"{k} {v:.2f}" for k, v in res["timing"].items()), file=sys.stderr, flush=True)
-    return {"images": n_ok, "failed": n_failed, "reused": len(reused), **res}
+    res = {"images": n_ok, "failed": n_failed, "reused": len(reused), **res}
+    print(done_line(res), file=sys.stderr, flush=True)
+    return res
+
+
+def extract(req: ExtractRequest) -> dict[str, Any]:
+    """Run a `visfeat extract` request: its items, their given boxes, its digest, then run_extraction, which
+    builds the extractor only when an image needs the model (an incremental rerun may need none)."""
+    from visfeat.sources.given_boxes import digest
+
+    items = request_items(req)
+    boxes = given_boxes(req, items)
+    o = req.options
+    return run_extraction(lambda: build_extractor(req, boxes), items, req.out, batch_size=o["batch_size"],
+                          workers=o["workers"], name=o["name"], storage_dtype=o["dtype"],
+                          compression=o["compression"], request=req.digest(None if boxes is None else digest(boxes)))
+
+
+def request_items(req: ExtractRequest) -> list[Item]:
+    from visfeat.engine.items import folder_items, manifest_items, read_list
+
+    if req.images:
+        return folder_items(req.images)
+    if req.list_file:
+        return read_list(req.list_file, req.root)
+    # the workflow's extract job: its shard of the manifest, read directly (no list file per shard)
+    return manifest_items(req.manifest, req.shards or 1, req.shard or 0, req.root or Path(req.manifest).parent)
+
+
+def given_boxes(req: ExtractRequest, items: list[Item]) -> dict[str, np.ndarray] | None:
+    """The --boxes file read and checked to cover every item; None without one."""
+    path = req.options["boxes"]
+    if not path:
+        return None
+    from visfeat.sources.given_boxes import check_covered, read_boxes
+
+    try:
+        boxes = read_boxes(path)
+        check_covered(boxes, [it.image_id for it in items], path)
+    except (OSError, ValueError) as e:
+        raise RequestError(f"--boxes: {e}") from None
+    return boxes
+
+
+def build_extractor(req: ExtractRequest, boxes: dict[str, np.ndarray] | None) -> Extractor:
+    """The request's extractor, given its `boxes`."""
+    from visfeat.extractors.registry import load_extractor
+
+    o = req.options
+    if o["device"] != "cpu":
+        from visfeat.engine.gpus import claim_gpu
+
+        claim_gpu()  # several GPUs, no scheduler: one per job (before CUDA initialises)
+    ex = load_extractor(o["preset"], weights=o["weights"], device=o["device"], amp=o["amp"], **req.preset_options)
+    if boxes is not None:
+        try:
+            ex.set_given_boxes(boxes)
+        except ValueError as e:
+            raise RequestError(f"--boxes: {e}") from None
+    return ex
 
 
 def _attrs(preset: str, name: str, config: str, weights_sha256: str, compression: str | None, signature: str,
@@ -200,8 +257,8 @@ def _extract(extractor: Extractor, items: list[Item], parts: Parts, batch_size: 
                  pre.needed_size if opts.get("decode") == "draft" else None, encoded=on_device is not None)
     # Workers decode single images (all of them work on the batch being filled, so the first batch is not one
     # worker's batch_size decodes away); the main process groups them, in order, into fixed batches.
-    # worker_start None = the platform default (fork on Linux). Measured on an H100 host with 14 workers, fork
-    # started the first batch in 1.7 s, forkserver in 62 s (bench/README.md); the preprocessor is picklable so
+    # worker_start None = the platform default (fork on Linux): forkserver delays the first batch by a minute
+    # with many workers (bench/README.md, "clip_pipeline.py", H100); the preprocessor is picklable so
     # spawn/forkserver work where fork is unavailable.
     if workers:
         loader = DataLoader(ds, sampler=range(start, n), batch_size=None, num_workers=workers, collate_fn=identity,

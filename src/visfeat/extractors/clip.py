@@ -52,8 +52,8 @@ def sequence_first(model: torch.nn.Module) -> None:
     """Run the transformers sequence-first, (L, N, D), as OpenAI's clip/model.py does; open_clip's are batch-first.
     Why, under AMP only: autocast turns nn.MultiheadAttention's fused path off, and the unfused one hands F.linear
     a transposed (L, N, D) view of batch-first input, which matmul cannot fold into one matrix product: it
-    expands the weight once per token (bf16 ViT-B/32 on a 2-core CPU: 2.8 img/s against 4.7 in fp32). Fed
-    sequence-first the view is contiguous. The same operations otherwise: the outputs are equal."""
+    expands the weight once per token, so bf16 ran slower than fp32 (bench/README.md, "Settings behind the CPU
+    defaults"). Fed sequence-first the view is contiguous. The same operations otherwise: the outputs are equal."""
     blocks = [model.transformer] + ([model.visual.transformer] if hasattr(model.visual, "transformer") else [])
     for t in blocks:
         t.batch_first = False
@@ -77,11 +77,9 @@ def resize_pos_embed(pos: torch.Tensor, new_grid: int, mode: str = "bicubic") ->
 
 
 class ClipExtractor(Extractor):
-    def __init__(self, model: torch.nn.Module, preset: str, options: dict[str, Any], device, amp: bool, sha: str | None):
-        self.preset = preset
-        self.config = dict(options)
-        self.weights_sha256 = sha
-        self.place(device, amp)
+    def __init__(self, preset: str, options: dict[str, Any], weights_sha256: str, device, amp: bool,
+                 model: torch.nn.Module):
+        super().__init__(preset, options, weights_sha256, device, amp)
         self.model = model
         v = model.visual
         self.is_vit = hasattr(v, "class_embedding")
@@ -161,4 +159,4 @@ def build(preset, weights: str | None, device, amp: bool, options: dict[str, Any
 
     path, sha = resolve_weights(preset, weights)
     model = build_clip_model(load_clip_state_dict(path))
-    return ClipExtractor(model, preset.name, options, device, amp, sha)
+    return ClipExtractor(preset.name, options, sha, device, amp, model)

@@ -45,12 +45,9 @@ class RegionExtractor(Extractor):
     group_by_aspect = True  # run_extraction orders images so a batch shares orientation and similar shape
     channels_last = "amp"
 
-    def __init__(self, preset: str, model: C4Detector | FPNDetector, options: dict[str, Any], device, amp: bool,
-                 sha: str | None):
-        self.preset = preset
-        self.config = dict(options)
-        self.weights_sha256 = sha
-        self.place(device, amp)
+    def __init__(self, preset: str, options: dict[str, Any], weights_sha256: str, device, amp: bool,
+                 model: C4Detector | FPNDetector):
+        super().__init__(preset, options, weights_sha256, device, amp)
         self.group_sizes = group_sizes(self.device)
         self.model = self.placed(model)
         size = options["size"]
@@ -240,10 +237,9 @@ class RegionExtractor(Extractor):
 
 def group_sizes(device: torch.device) -> bool:
     """Whether a batch runs one image at a time (no padding) rather than padded as one: on the CPU, where
-    convolutions over the padding cost in proportion (grid8 in padded batches of 8 took 15 s/img where
-    X-LXMERT's script, one image at a time, took 6-10 s/img) and even a batch of equal sizes costs about twice
-    as much per image as batch 1 (bench/README.md "Originals beside ours"); not on an accelerator, where one
-    padded batch is cheaper than several small ones."""
+    convolutions over the padding cost in proportion and even a batch of equal sizes costs more per image than
+    batch 1 (bench/README.md, "originals.py" and "Settings behind the CPU defaults"); not on an accelerator,
+    where one padded batch is cheaper than several small ones."""
     return torch.device(device).type == "cpu"
 
 
@@ -271,13 +267,13 @@ def by_size(forward, batch: dict[str, Any], sizes: list[tuple[int, int]], group:
 
 
 def build_extractor(cls, preset, weights: str | None, device, amp: bool, options: dict[str, Any]):
-    """`cls(preset name, model, options, device, amp, weights sha256)` on the preset's weights file (region and
+    """`cls(preset name, options, weights sha256, device, amp, model)` on the preset's weights file (region and
     grid8 extractors share the model)."""
     from visfeat.extractors.weights import resolve_weights
 
     path, sha = resolve_weights(preset, weights)
     model, options = detector_from_file(path, options)
-    return cls(preset.name, model, options, device, amp, sha)
+    return cls(preset.name, options, sha, device, amp, model)
 
 
 def build(preset, weights: str | None, device, amp: bool, options: dict[str, Any]) -> RegionExtractor:

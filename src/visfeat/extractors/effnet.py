@@ -48,11 +48,10 @@ def load_lite0(path: str) -> torch.nn.Module:
 
 class EffnetLite0(Extractor):
     channels_last = "always"
-    def __init__(self, model: torch.nn.Module, options: dict[str, Any], device, amp: bool, sha: str):
-        self.preset = "effnet-lite0"
-        self.config = dict(options)
-        self.weights_sha256 = sha
-        self.place(device, amp)
+
+    def __init__(self, preset: str, options: dict[str, Any], weights_sha256: str, device, amp: bool,
+                 model: torch.nn.Module):
+        super().__init__(preset, options, weights_sha256, device, amp)
         self.model = self.placed(model)
         size, resize = int(options["image_size"]), int(options["resize_size"])
         self.grid_hw = size // 32
@@ -86,4 +85,4 @@ def build(preset, weights: str | None, device, amp: bool, options: dict[str, Any
     from visfeat.extractors.weights import sha256_of
 
     path = weights or packaged_weights()
-    return EffnetLite0(load_lite0(path), options, device, amp, sha256_of(path))
+    return EffnetLite0(preset.name, options, sha256_of(path), device, amp, load_lite0(path))

@@ -35,9 +35,9 @@ class Grid8Extractor(Extractor):
     group_by_aspect = True
     channels_last = "amp"
 
-    def __init__(self, preset: str, model: FPNDetector, options: dict[str, Any], device, amp: bool, sha: str | None):
-        self.preset, self.config, self.weights_sha256 = preset, dict(options), sha
-        self.place(device, amp)
+    def __init__(self, preset: str, options: dict[str, Any], weights_sha256: str, device, amp: bool,
+                 model: FPNDetector):
+        super().__init__(preset, options, weights_sha256, device, amp)
         self.group_sizes = group_sizes(self.device)
         self.model = self.placed(model)
         if options["size"] not in SIZES:

@@ -54,9 +54,9 @@ class GridFeatsExtractor(Extractor):
     group_by_aspect = True  # equal-size images share a forward
     channels_last = "amp"
 
-    def __init__(self, preset: str, backbone: ResNet, options: dict[str, Any], device, amp: bool, sha: str | None):
-        self.preset, self.config, self.weights_sha256 = preset, dict(options), sha
-        self.place(device, amp)
+    def __init__(self, preset: str, options: dict[str, Any], weights_sha256: str, device, amp: bool,
+                 backbone: ResNet):
+        super().__init__(preset, options, weights_sha256, device, amp)
         self.backbone = self.placed(backbone)
         if options["size"] not in SIZES:
             raise ValueError(f"{preset}: size {options['size']!r} unknown; named sizes: {', '.join(SIZES)}")
@@ -113,4 +113,4 @@ def build(preset, weights: str | None, device, amp: bool, options: dict[str, Any
         model = ResNet(infer_resnet(state, base, path), last=5)
     model = model.to_empty(device="cpu")
     load_strict(model, state, path, "the ResNet backbone")
-    return GridFeatsExtractor(preset.name, model, options, device, amp, sha)
+    return GridFeatsExtractor(preset.name, options, sha, device, amp, model)

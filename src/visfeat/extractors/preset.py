@@ -3,6 +3,7 @@ read it without building anything). The catalog fills the table; the registry lo
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,10 +50,19 @@ class Field:
         return self.name + shape + ("" if self.dtype == "float32" else f" {self.dtype}")
 
 
+# The conda envs an extraction job can run in: `envs/{env}.yaml` (tests/test_envs.py checks each file holds what
+# its presets' builders import). The workflow's extract rule takes the preset's env from here.
+ENVS = ("clip", "detector", "timm")
+
+
 @dataclass(frozen=True)
 class Preset:
+    """One preset. `env` says where it runs; the capability flags say what it can do, so config checks and the
+    workflow key on the capability, never on the env (tests/test_preset.py checks each flag against the built
+    extractor)."""
+
     name: str
-    family: str  # which conda env runs it
+    env: str  # the conda env that runs it: one of ENVS
     builder: str  # "module:function", imported only when the extractor is built
     summary: str  # one line: what it extracts (also the README's preset table)
     outputs: tuple[Field, ...]  # with the default options
@@ -67,13 +77,23 @@ class Preset:
     check: str = ""  # "module:function" checking the resolved options, torch-free: bad config fails at start
     vocab: tuple[str, str] | None = None  # shipped (objects, attributes) word lists in visfeat/vocab/
     labelmap: str = ""  # the file among `weights` that names the ids (fetched beside the weights)
+    takes_boxes: bool = False  # forced-boxes mode: `set_given_boxes`, the config's `boxes:`, `--boxes`
+    text: bool = False  # a text tower: `encode_text`, `visfeat text`, the config's `text:` section
+
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        """The capability flags that are set, by name (`visfeat presets` prints them)."""
+        return tuple(f for f in CAPABILITIES if getattr(self, f))
 
     @property
     def fields(self) -> str:
         """The outputs in words, with the official weights' sizes."""
-        text = ", ".join(f.describe(self.sizes) for f in self.outputs)
-        return f"{text}; {self.outputs_note}" if self.outputs_note else text
+        words = ", ".join(f.describe(self.sizes) for f in self.outputs)
+        return f"{words}; {self.outputs_note}" if self.outputs_note else words
 
+
+# every bool field of Preset is a capability flag
+CAPABILITIES = tuple(f.name for f in dataclasses.fields(Preset) if f.type == "bool")
 
 PRESETS: dict[str, Preset] = {}
 
@@ -82,6 +102,8 @@ def register(preset: Preset) -> Preset:
     """Add a preset to the table; its declarations are checked here, so a bad entry fails at import."""
     if preset.name in PRESETS:
         raise ValueError(f"preset {preset.name!r} registered twice")
+    if preset.env not in ENVS:
+        raise ValueError(f"preset {preset.name!r}: env {preset.env!r} unknown; envs: {', '.join(ENVS)}")
     named = {d for f in preset.outputs for d in f.shape if isinstance(d, str)}
     if named != set(preset.sizes):
         raise ValueError(f"preset {preset.name!r}: named dims {sorted(named)} but sizes for {sorted(preset.sizes)}")

@@ -278,12 +278,10 @@ def build_trunk(backbone: str, trunk_sd: dict[str, torch.Tensor], path: str) -> 
 # ---------------------------------------------------------------------------------------------------------------
 class VisslExtractor(Extractor):
     channels_last = "always"
-    def __init__(self, trunk: nn.Module, heads: nn.ModuleList, plan: Plan, preset: str, options: dict[str, Any],
-                 device, amp: bool, sha: str | None):
-        self.preset = preset
-        self.config = dict(options)
-        self.weights_sha256 = sha
-        self.place(device, amp)
+
+    def __init__(self, preset: str, options: dict[str, Any], weights_sha256: str, device, amp: bool,
+                 trunk: nn.Module, heads: nn.ModuleList, plan: Plan):
+        super().__init__(preset, options, weights_sha256, device, amp)
         self.plan = plan
         unknown = [layer for layer in plan.trunk_layers if layer not in trunk.layers]
         if unknown:
@@ -358,4 +356,4 @@ def build(preset, weights: str | None, device, amp: bool, options: dict[str, Any
                            f"(a VISSL model-zoo checkpoint holds them under classy_state_dict.base_model.model.heads)")
         load_strict(heads, heads_sd, path, f"head_params {plan.head_params}")
     with torch.no_grad():
-        return VisslExtractor(trunk, heads, plan, preset.name, options, device, amp, sha)
+        return VisslExtractor(preset.name, options, sha, device, amp, trunk, heads, plan)

@@ -22,7 +22,7 @@ from typing import Iterator
 import numpy as np
 
 from visfeat.version import __version__
-from visfeat.store.format import FieldSpec
+from visfeat.store.format import Attr, FieldSpec
 from visfeat.store.writer import writing
 
 _REGION_FIELDS = (("obj_id", "int64"), ("obj_conf", "float32"), ("attr_id", "int64"), ("attr_conf", "float32"))
@@ -109,9 +109,10 @@ def import_features(fmt: str, src: str, out: str, preset: str = "", source_url: 
     grid = fmt == "xlxmert-grid8"
     specs = ([FieldSpec("grid", tuple(first[2]["grid"].shape))] if grid
              else _region_specs(first[2]["features"].shape[1], tuple(first[2])))
-    attrs = {"preset": preset, "extractor": preset or fmt, "config": json.dumps({"imported_from": fmt}),
-             "weights_sha256": "", "visfeat_version": __version__, "source_file": Path(src).name,
-             "source_url": source_url, "source_sha256": _sha256(src), "source_bytes": Path(src).stat().st_size}
+    attrs = {Attr.PRESET: preset, Attr.EXTRACTOR: preset or fmt, Attr.CONFIG: json.dumps({"imported_from": fmt}),
+             Attr.WEIGHTS_SHA256: "", Attr.VISFEAT_VERSION: __version__,
+             Attr.SOURCE_FILE: Path(src).name, Attr.SOURCE_URL: source_url, Attr.SOURCE_SHA256: _sha256(src),
+             Attr.SOURCE_BYTES: Path(src).stat().st_size}
     n = 0
     with writing(out, specs, attrs) as w:
         buf: list = [first]

@@ -1,11 +1,5 @@
-"""Dataset sources -> a manifest (one row per image) -> deterministic shards.
-
-Sources: `folder` (recursive scan), `list` (an image list file), `archive` (URL + sha256, unpacked by the
-workflow's download rule) and `sample` (real photos shipped by scikit-image, so the default run needs nothing).
-Image ids are the path relative to the dataset root without extension (`id_style: path`), the file stem
-(`stem`), or the trailing number of the stem (`coco`: COCO_val2014_000000000042.jpg -> "42"). A collision is an
-error naming both files."""
-# SPLIT FROM visfeat.datasets
+"""The manifest (one row per image: id, path, bytes, width, height) every extraction job reads its shard from,
+and the shard membership: a hash of the image id, so adding images moves no other image to another shard."""
 from __future__ import annotations
 
 import hashlib

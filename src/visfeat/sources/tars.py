@@ -1,11 +1,5 @@
-"""Dataset sources -> a manifest (one row per image) -> deterministic shards.
-
-Sources: `folder` (recursive scan), `list` (an image list file), `archive` (URL + sha256, unpacked by the
-workflow's download rule) and `sample` (real photos shipped by scikit-image, so the default run needs nothing).
-Image ids are the path relative to the dataset root without extension (`id_style: path`), the file stem
-(`stem`), or the trailing number of the stem (`coco`: COCO_val2014_000000000042.jpg -> "42"). A collision is an
-error naming both files."""
-# SPLIT FROM visfeat.datasets
+"""Webdataset tars read in place (img2dataset's layout): brace patterns, each tar's image members by offset, their
+txt/json members as the manifest's captions, and the failed URLs of a `urls` source as rows that fail."""
 from __future__ import annotations
 
 import io

@@ -6,7 +6,7 @@ every preset sees the original pixels (other formats are decoded and re-encoded 
 `incremental` mode skips every tar whose NNNNN_stats.json exists, so a rerun after an interruption downloads only
 the unfinished tars. This module checks the list first (columns, row count), drops finished tars whose URLs no
 longer match the list (img2dataset would keep them), runs img2dataset, checks that every tar finished and writes
-the record the manifest step reads (`datasets.scan_img2dataset`). Only the standard library and pyarrow: it runs in
+the record the manifest step reads (`tars.scan_img2dataset`). Only the standard library and pyarrow: it runs in
 img2dataset's env.
 """
 from __future__ import annotations

@@ -1,15 +1,9 @@
-"""The HDF5 feature store: one file per dataset x extractor; shards have the same format, so merge is concatenation.
-
-Layout:
-- `image_id` (N,) utf-8, unique; `image_path` (N,) relative to the dataset root; `image_hw` (N, 2) int32;
-  `image_sha256` (N,) the hex sha256 of the image file's bytes (a tar member's bytes), "" where unknown
-- fixed-size fields: (N, *shape); ragged fields: (M, *shape) rows + `{group}_offsets` (N+1,) int64
-- `failed/image_id`, `failed/reason`, `failed/sha256`
-- attributes: format, format_version, preset, extractor, config (JSON), fields (JSON), weights_sha256,
-  visfeat_version, created (`SOURCE_DATE_EPOCH` when set: the reproducible-builds convention), and from an
-  extraction its `signature` and `request` (extract.py). Datasets carry no HDF5 timestamps and rows are written
-  in fixed blocks of WRITE_BLOCK images whatever the calls to `append`, so the same rows give the same bytes."""
-# SPLIT FROM visfeat.store
+"""Merging an extraction's shard stores into one. `merge` copies every row into a store like any other;
+`merge_virtual` (`merge: virtual`) copies only what grows with the image count (the per-image datasets, the
+`failed` group, the ragged offsets rebased) and maps each field onto the shards' rows as HDF5 virtual datasets,
+so a merge writes O(images) bytes instead of every feature again, and h5py reads it as the copy (store/vds.py:
+how). Both stream and validate alike: one extractor run (MERGE_KEYS), every id once, declared shapes, finite
+values, and given the manifest, its ids exactly."""
 from __future__ import annotations
 
 import os
@@ -19,14 +13,22 @@ import h5py
 import numpy as np
 
 from visfeat.store.format import (
+    FAILED_ID,
     FORMAT_VERSION,
+    IMAGE_ID,
     MERGE_KEYS,
-    MODE_ATTR,
+    SOURCES_BYTES,
+    SOURCES_IMAGES,
+    SOURCES_PATH,
     SOURCES,
     STR,
+    VIRTUAL,
+    WRITER_ATTRS,
+    Attr,
     FieldSpec,
     StoreError,
     created_time,
+    offsets_name,
 )
 from visfeat.store.reader import FeatureStore, read_failures, read_rows
 from visfeat.store.writer import atomic_path, writing
@@ -97,12 +99,12 @@ def merge(shards: list[str | os.PathLike], out: str | os.PathLike, expected_ids:
     stores = open_shards(shards)
     first = stores[0].attrs
     specs = stores[0].specs
-    attrs = {k: v for k, v in first.items() if k not in ("format", "format_version", "fields", "storage_dtype", "created")}
+    attrs = {k: v for k, v in first.items() if k not in WRITER_ATTRS}
     seen: set[str] = set()
     n_rows = n_failed = 0
     try:
-        with writing(out, specs, attrs, storage_dtype=first.get("storage_dtype", "float32"),
-                     compression=first.get("compression") or None) as w:
+        with writing(out, specs, attrs, storage_dtype=first.get(Attr.STORAGE_DTYPE, "float32"),
+                     compression=first.get(Attr.COMPRESSION) or None) as w:
             for s in stores:
                 for a in range(0, len(s), chunk):  # read_rows: the images' sha256 travel with their rows
                     r = read_rows(s, a, min(len(s), a + chunk))
@@ -170,12 +172,12 @@ class _Copied:
 
 def merge_virtual(shards: list[str | os.PathLike], out: str | os.PathLike, expected_ids: list[str] | None = None,
                   chunk: int = 256) -> dict[str, int]:
-    """Merge shard stores into `out` (atomically) as a virtual store; validated as `store.merge` validates (same
+    """Merge shard stores into `out` (atomically) as a virtual store; validated as `merge` validates (same
     extractor run, every id once, finite values, declared shapes, the manifest's ids exactly), streaming."""
     stores = open_shards(shards)
     specs = stores[0].specs
     fields = {s.name: s for s in specs}
-    offsets = {f"{s.ragged}_offsets" for s in specs if s.ragged}
+    offsets = {offsets_name(s.ragged) for s in specs if s.ragged}
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     folder = os.path.abspath(out.parent)
@@ -199,17 +201,17 @@ def merge_virtual(shards: list[str | os.PathLike], out: str | os.PathLike, expec
                         raise StoreError(f"{s.path}: {name} is {dtype} {shape[1:]}, {first[name][1]} "
                                          f"{first[name][2][1:]} in {stores[0].path}: cannot merge")
                 data = {name: ds[()] for name, (ds, _, _) in have.items() if name not in fields}  # O(images)
-                ids = [x.decode() for x in data["image_id"]]
+                ids = [x.decode() for x in data[IMAGE_ID]]
                 n = len(ids)
                 offs = {name: data[name].astype(np.int64) for name in offsets}
                 _validate_shard(s.path, specs, {name: have[name][0] for name in fields}, ids, offs, seen, chunk)
-                failed = [x.decode() for x in data["failed/image_id"]]
+                failed = [x.decode() for x in data[FAILED_ID]]
                 check_failures(s.path, failed, seen)
                 rel = os.path.relpath(os.path.abspath(s.path), folder)
                 for name, (_, _, shape) in have.items():
                     if name in fields:
                         spec = fields[name]
-                        want = int(offs[f"{spec.ragged}_offsets"][-1]) if spec.ragged else n
+                        want = int(offs[offsets_name(spec.ragged)][-1]) if spec.ragged else n
                         if shape[0] != want:
                             raise StoreError(f"{s.path}: {name} has {shape[0]} rows, {want} expected")
                         spans[name].append((rel, shape[0]))
@@ -222,7 +224,7 @@ def merge_virtual(shards: list[str | os.PathLike], out: str | os.PathLike, expec
                         base[name] += int(off[-1])
                     else:
                         if "/" not in name and shape[0] != n:
-                            raise StoreError(f"{s.path}: per-image dataset {name} has {shape[0]} rows, image_id {n}")
+                            raise StoreError(f"{s.path}: per-image dataset {name} has {shape[0]} rows, {IMAGE_ID} {n}")
                         copied.add(name, data[name])
                 sources.append((rel, os.path.getsize(s.path), n))
                 n_rows += n
@@ -232,16 +234,16 @@ def merge_virtual(shards: list[str | os.PathLike], out: str | os.PathLike, expec
             check_expected(seen, expected_ids)
             for name in sorted(fields):
                 _write_virtual(w, name, first[name][1], first[name][2][1:], spans[name])
-            g = w.create_group(SOURCES, track_order=False)
-            g.create_dataset("path", data=np.array([p for p, _, _ in sources], dtype=object), dtype=STR,
+            w.create_group(SOURCES, track_order=False)
+            w.create_dataset(SOURCES_PATH, data=np.array([p for p, _, _ in sources], dtype=object), dtype=STR,
                              track_times=False)
-            g.create_dataset("bytes", data=np.array([b for _, b, _ in sources], np.int64), track_times=False)
-            g.create_dataset("images", data=np.array([k for _, _, k in sources], np.int64), track_times=False)
+            w.create_dataset(SOURCES_BYTES, data=np.array([b for _, b, _ in sources], np.int64), track_times=False)
+            w.create_dataset(SOURCES_IMAGES, data=np.array([k for _, _, k in sources], np.int64), track_times=False)
             for k, v in stores[0].h5.attrs.items():
                 w.attrs[k] = v
-            w.attrs["format_version"] = FORMAT_VERSION
-            w.attrs["created"] = created_time()
-            w.attrs[MODE_ATTR] = "virtual"
+            w.attrs[Attr.FORMAT_VERSION] = FORMAT_VERSION
+            w.attrs[Attr.CREATED] = created_time()
+            w.attrs[Attr.MERGE] = VIRTUAL
             stores[0].close()
         os.replace(tmp, out)
     except BaseException:
@@ -255,13 +257,13 @@ def merge_virtual(shards: list[str | os.PathLike], out: str | os.PathLike, expec
 
 def _validate_shard(path: str, specs: list, datasets: dict[str, h5py.Dataset], ids: list[str],
                     offsets: dict[str, np.ndarray], seen: set[str], chunk: int) -> None:
-    """`store._validate_rows` over a shard's fields in row chunks (memory bounded by `chunk`)."""
+    """`validate_rows` over a shard's fields in row chunks (memory bounded by `chunk`)."""
     for a in range(0, len(ids), chunk):
         b = min(len(ids), a + chunk)
         values = {}
         for s in specs:
             if s.ragged:
-                off = offsets[f"{s.ragged}_offsets"]
+                off = offsets[offsets_name(s.ragged)]
                 values[s.name] = datasets[s.name][int(off[a]):int(off[b])]
             else:
                 values[s.name] = datasets[s.name][a:b]

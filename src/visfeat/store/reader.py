@@ -1,15 +1,6 @@
-"""The HDF5 feature store: one file per dataset x extractor; shards have the same format, so merge is concatenation.
-
-Layout:
-- `image_id` (N,) utf-8, unique; `image_path` (N,) relative to the dataset root; `image_hw` (N, 2) int32;
-  `image_sha256` (N,) the hex sha256 of the image file's bytes (a tar member's bytes), "" where unknown
-- fixed-size fields: (N, *shape); ragged fields: (M, *shape) rows + `{group}_offsets` (N+1,) int64
-- `failed/image_id`, `failed/reason`, `failed/sha256`
-- attributes: format, format_version, preset, extractor, config (JSON), fields (JSON), weights_sha256,
-  visfeat_version, created (`SOURCE_DATE_EPOCH` when set: the reproducible-builds convention), and from an
-  extraction its `signature` and `request` (extract.py). Datasets carry no HDF5 timestamps and rows are written
-  in fixed blocks of WRITE_BLOCK images whatever the calls to `append`, so the same rows give the same bytes."""
-# SPLIT FROM visfeat.store
+"""Reads a store (`FeatureStore`, which is `visfeat.open`) and streams its rows for the merges and reruns
+(`read_rows`, `read_failures`). Kept apart from the writer so readers (torch datasets, exporters, the report)
+never import what writes."""
 from __future__ import annotations
 
 import json
@@ -20,7 +11,23 @@ from typing import Any
 import h5py
 import numpy as np
 
-from visfeat.store.format import FORMAT, StoreError, specs_from_json
+from visfeat.store.format import (
+    FAILED_ID,
+    FAILED_REASON,
+    FAILED_SHA256,
+    FORMAT,
+    IMAGE_HW,
+    IMAGE_ID,
+    IMAGE_PATH,
+    IMAGE_SHA256,
+    Attr,
+    StoreError,
+    decoded_attrs,
+    hw_name,
+    is_virtual,
+    offsets_name,
+    specs_from_json,
+)
 from visfeat.store.writer import Rows
 
 
@@ -34,7 +41,7 @@ class FeatureStore(Mapping):
     """Read access: `store[image_id]` or `store.row(i)` -> dict of numpy arrays for one image.
 
     The HDF5 handle is opened lazily and per process, so a store (or a Dataset holding one) is safe to hand to
-    DataLoader workers. A virtual store (`merge: virtual`, virtual_merge.py) reads its fields from the shard
+    DataLoader workers. A virtual store (`merge: virtual`, store/vds.py) reads its fields from the shard
     files; each open checks they are all in place, since HDF5 would silently read fill values.
     """
 
@@ -44,19 +51,18 @@ class FeatureStore(Mapping):
         self._pid: int | None = None
         self._index: dict[str, int] | None = None
         self._open: dict[str, h5py.Dataset] = {}  # datasets `row` reads, kept open per process
-        self._window = None  # a virtual store's virtual_merge.ShardWindow
+        self._window = None  # a virtual store's vds.ShardWindow
         h = self.h5
-        if h.attrs.get("format") != FORMAT:
-            raise StoreError(f"{path}: not a visfeat feature store (format={h.attrs.get('format')!r})")
-        self.specs = specs_from_json(h.attrs["fields"])
+        if h.attrs.get(Attr.FORMAT) != FORMAT:
+            raise StoreError(f"{path}: not a visfeat feature store (format={h.attrs.get(Attr.FORMAT)!r})")
+        self.specs = specs_from_json(h.attrs[Attr.FIELDS])
 
     @property
     def h5(self) -> h5py.File:
         if self._h5 is None or self._pid != os.getpid():
             h = h5py.File(self.path, "r")
             self._open, self._window = {}, None
-            if h.attrs.get("merge") is not None:
-                from visfeat.store.format import is_virtual
+            if h.attrs.get(Attr.MERGE) is not None:
                 from visfeat.store.vds import ShardWindow, check_sources
 
                 if is_virtual(h):
@@ -80,21 +86,19 @@ class FeatureStore(Mapping):
     @property
     def virtual(self) -> bool:
         """Merged with `merge: virtual`: its fields are read from the shard files it names."""
-        from visfeat.store.format import is_virtual
-
         return is_virtual(self.h5)
 
     @property
     def attrs(self) -> dict[str, Any]:
-        return {k: (v.decode() if isinstance(v, bytes) else v) for k, v in self.h5.attrs.items()}
+        return decoded_attrs(self.h5)
 
     @property
     def config(self) -> dict[str, Any]:
-        return json.loads(self.h5.attrs["config"])
+        return json.loads(self.h5.attrs[Attr.CONFIG])
 
     @property
     def ids(self) -> list[str]:
-        return [x.decode() if isinstance(x, bytes) else x for x in self.h5["image_id"].asstr()[:]]
+        return [x.decode() if isinstance(x, bytes) else x for x in self.h5[IMAGE_ID].asstr()[:]]
 
     @property
     def index(self) -> dict[str, int]:
@@ -104,11 +108,11 @@ class FeatureStore(Mapping):
 
     @property
     def failed(self) -> list[tuple[str, str]]:
-        g = self.h5["failed"]
-        return list(zip(g["image_id"].asstr()[:], g["reason"].asstr()[:]))
+        h = self.h5
+        return list(zip(h[FAILED_ID].asstr()[:], h[FAILED_REASON].asstr()[:]))
 
     def __len__(self) -> int:
-        return self._dataset("image_id").shape[0]
+        return self._dataset(IMAGE_ID).shape[0]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.ids)
@@ -131,20 +135,20 @@ class FeatureStore(Mapping):
         if self._window is not None and self._window.touch(i):
             self._open.clear()  # closing the virtual fields closes the shard files HDF5 held open for them
         ds = self._dataset
-        out: dict[str, np.ndarray] = {"image_hw": ds("image_hw")[i]}
+        out: dict[str, np.ndarray] = {IMAGE_HW: ds(IMAGE_HW)[i]}
         offsets: dict[str, tuple[int, int]] = {}
         for s in self.specs:
             if s.ragged:
                 if s.ragged not in offsets:
-                    a, b = ds(f"{s.ragged}_offsets")[i : i + 2]
+                    a, b = ds(offsets_name(s.ragged))[i : i + 2]
                     offsets[s.ragged] = (int(a), int(b))
                 a, b = offsets[s.ragged]
                 out[s.name] = rows_of(ds(s.name), a, b)
             else:
                 out[s.name] = ds(s.name)[i]
         for s in self.specs:  # a grid whose H x W varies per image: rows + `{name}_hw`, returned as (H, W, C)
-            if s.ragged and f"{s.name}_hw" in out:
-                out[s.name] = out[s.name].reshape(*(int(v) for v in out[f"{s.name}_hw"]), *s.shape)
+            if s.ragged and hw_name(s.name) in out:
+                out[s.name] = out[s.name].reshape(*(int(v) for v in out[hw_name(s.name)]), *s.shape)
         return out
 
     def close(self) -> None:
@@ -175,23 +179,28 @@ def read_rows(store: FeatureStore, a: int, b: int) -> Rows:
     for s in store.specs:
         if s.ragged:
             if s.ragged not in spans:
-                off = h[f"{s.ragged}_offsets"][a : b + 1]
+                off = h[offsets_name(s.ragged)][a : b + 1]
                 spans[s.ragged] = (int(off[0]), int(off[-1]))
                 counts[s.ragged] = np.diff(off)
             lo, hi = spans[s.ragged]
             fields[s.name] = rows_of(h[s.name], lo, hi)
         else:
             fields[s.name] = h[s.name][a:b]
-    sha = [x.decode() for x in h["image_sha256"][a:b]] if "image_sha256" in h else [""] * (b - a)
-    return Rows(list(h["image_id"].asstr()[a:b]), list(h["image_path"].asstr()[a:b]), h["image_hw"][a:b], fields,
-                counts, sha)
+    return Rows(list(h[IMAGE_ID].asstr()[a:b]), list(h[IMAGE_PATH].asstr()[a:b]), h[IMAGE_HW][a:b], fields,
+                counts, digests(h, IMAGE_SHA256, a, b))
 
 
 def read_failures(store: FeatureStore) -> list[tuple[str, str, str]]:
     """(image id, reason, sha256 of the file or "") of every failure, in order."""
-    g = store.h5["failed"]
-    sha = [x.decode() for x in g["sha256"][()]] if "sha256" in g else [""] * len(g["image_id"])
-    return list(zip(g["image_id"].asstr()[:], g["reason"].asstr()[:], sha))
+    h = store.h5
+    ids = h[FAILED_ID]
+    return list(zip(ids.asstr()[:], h[FAILED_REASON].asstr()[:], digests(h, FAILED_SHA256, 0, len(ids))))
+
+
+def digests(h: h5py.File, name: str, a: int, b: int) -> list[str]:
+    """Entries a..b of a sha256 column (IMAGE_SHA256 or FAILED_SHA256); all "" in a store written before it, so
+    an incremental rerun re-extracts rather than trusts an unknown content."""
+    return [x.decode() for x in h[name][a:b]] if name in h else [""] * (b - a)
 
 
 def iter_rows(store: FeatureStore, chunk: int = 256) -> Iterator[tuple[list[str], list[str], np.ndarray, dict, dict]]:

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from visfeat.store.format import IMAGE_ID
 from visfeat.store.reader import FeatureStore
 
 
@@ -27,5 +28,5 @@ class FeatureDataset(Dataset):
         row = self.store.row(int(i))
         keep = self.fields or list(row)
         out = {k: torch.from_numpy(np.ascontiguousarray(row[k])) for k in keep if k in row}
-        out["image_id"] = self.ids[int(i)]
+        out[IMAGE_ID] = self.ids[int(i)]
         return out

@@ -1,9 +1,6 @@
-"""`merge: virtual`: a merged store whose feature fields are HDF5 virtual datasets over the shard stores.
-
-The merged file copies only what grows with the image count (`image_id`, `image_path`, `image_hw`, every other
-per-image dataset a shard has, the `failed/` group, the ragged `{group}_offsets` rebased) and maps each field of
-the store's `fields` onto the shards' rows, so merging writes O(images) bytes instead of every feature again.
-h5py reads a virtual dataset like any other, so every reader sees the store a copy merge writes.
+"""The read side of a virtual store (`merge: virtual`, written by store/merge.py `merge_virtual`): its fields are
+HDF5 virtual datasets over the shard stores, so reading it means finding those files, refusing the store when
+they are gone or changed, and bounding how many HDF5 holds open.
 
 How HDF5 (2.0 here, and 1.10 on) finds a source file whose name is relative, checked on this machine: first under
 `HDF5_VDS_PREFIX` when that is set, then in the folder of the virtual file (as it was opened), then in the
@@ -12,7 +9,6 @@ folder keeps a store working. HDF5 returns the dataset's fill value, without an 
 open (deleted, moved, or past `ulimit -n`), and would read a same-named file from the current directory; so
 `check_sources`, run by `FeatureStore` each time it opens the file, refuses a store whose shard files are not
 where (and as large as) they were at the merge, and float fields' fill value is NaN rather than a plausible 0."""
-# SPLIT FROM visfeat.virtual_merge
 from __future__ import annotations
 
 import os
@@ -22,18 +18,19 @@ import warnings
 import h5py
 import numpy as np
 
-from visfeat.store.format import SOURCES, StoreError
+from visfeat.store.format import SOURCES_BYTES, SOURCES_IMAGES, SOURCES_PATH, StoreError
 
 
 class ShardWindow:
     """When `FeatureStore.row` should close a virtual store's fields: HDF5 keeps every shard file a read touched
-    open (a descriptor and about 0.5 MB each) until the virtual dataset closes, and reopening one re-reads its
-    mapping; so the fields stay open while reads stay within OPEN_SHARDS shard files, then close."""
+    open (a descriptor and memory each: bench/README.md, "merge.py") until the virtual dataset closes, and
+    reopening one re-reads its mapping; so the fields stay open while reads stay within OPEN_SHARDS shard files,
+    then close."""
 
     OPEN_SHARDS = 32
 
     def __init__(self, h: h5py.File):
-        self.ends = np.cumsum(h[f"{SOURCES}/images"][()])
+        self.ends = np.cumsum(h[SOURCES_IMAGES][()])
         self.held: set[int] = set()
 
     def touch(self, row: int) -> bool:
@@ -53,7 +50,7 @@ def source_files(h: h5py.File, path: str) -> list[tuple[str, str, int]]:
     folder = os.path.dirname(os.path.abspath(path))
     prefixes = [p.replace("${ORIGIN}", folder) for p in os.environ.get("HDF5_VDS_PREFIX", "").split(os.pathsep) if p]
     out = []
-    for rel, size in zip(h[f"{SOURCES}/path"].asstr()[()], h[f"{SOURCES}/bytes"][()]):
+    for rel, size in zip(h[SOURCES_PATH].asstr()[()], h[SOURCES_BYTES][()]):
         under = (c for c in (os.path.join(p, rel) for p in prefixes) if os.path.exists(c))
         where = next(under, os.path.join(folder, rel))
         out.append((rel, where, int(size)))

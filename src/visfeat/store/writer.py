@@ -1,15 +1,6 @@
-"""The HDF5 feature store: one file per dataset x extractor; shards have the same format, so merge is concatenation.
-
-Layout:
-- `image_id` (N,) utf-8, unique; `image_path` (N,) relative to the dataset root; `image_hw` (N, 2) int32;
-  `image_sha256` (N,) the hex sha256 of the image file's bytes (a tar member's bytes), "" where unknown
-- fixed-size fields: (N, *shape); ragged fields: (M, *shape) rows + `{group}_offsets` (N+1,) int64
-- `failed/image_id`, `failed/reason`, `failed/sha256`
-- attributes: format, format_version, preset, extractor, config (JSON), fields (JSON), weights_sha256,
-  visfeat_version, created (`SOURCE_DATE_EPOCH` when set: the reproducible-builds convention), and from an
-  extraction its `signature` and `request` (extract.py). Datasets carry no HDF5 timestamps and rows are written
-  in fixed blocks of WRITE_BLOCK images whatever the calls to `append`, so the same rows give the same bytes."""
-# SPLIT FROM visfeat.store
+"""Writes a store: rows appended in any batching, laid out in fixed blocks (store/format.py), the file appearing
+only when complete (`writing`). Its own module so that makers of stores (extraction, merge, import, k-means) share
+one writer and so write one layout."""
 from __future__ import annotations
 
 import os
@@ -21,7 +12,26 @@ from typing import Any, NamedTuple
 import h5py
 import numpy as np
 
-from visfeat.store.format import FORMAT, FORMAT_VERSION, SHA, STR, WRITE_BLOCK, FieldSpec, created_time, specs_to_json
+from visfeat.store.format import (
+    FAILED,
+    FAILED_ID,
+    FAILED_REASON,
+    FAILED_SHA256,
+    FORMAT,
+    FORMAT_VERSION,
+    IMAGE_HW,
+    IMAGE_ID,
+    IMAGE_PATH,
+    IMAGE_SHA256,
+    SHA,
+    STR,
+    WRITE_BLOCK,
+    Attr,
+    FieldSpec,
+    created_time,
+    offsets_name,
+    specs_to_json,
+)
 
 
 def _chunk_rows(shape: tuple[int, ...], itemsize: int, target: int = 1 << 20) -> int:
@@ -48,13 +58,13 @@ class StoreWriter:
         self.f = h5py.File(path, "w", track_order=False)
         comp = None if compression in (None, "none") else compression
         kw = {"track_times": False, "compression": comp}
-        self.f.create_dataset("image_id", (0,), STR, maxshape=(None,), chunks=(4096,), **kw)
-        self.f.create_dataset("image_path", (0,), STR, maxshape=(None,), chunks=(4096,), **kw)
-        self.f.create_dataset("image_hw", (0, 2), np.int32, maxshape=(None, 2), chunks=(4096, 2), **kw)
-        self.f.create_dataset("image_sha256", (0,), SHA, maxshape=(None,), chunks=(4096,), **kw)
+        self.f.create_dataset(IMAGE_ID, (0,), STR, maxshape=(None,), chunks=(4096,), **kw)
+        self.f.create_dataset(IMAGE_PATH, (0,), STR, maxshape=(None,), chunks=(4096,), **kw)
+        self.f.create_dataset(IMAGE_HW, (0, 2), np.int32, maxshape=(None, 2), chunks=(4096, 2), **kw)
+        self.f.create_dataset(IMAGE_SHA256, (0,), SHA, maxshape=(None,), chunks=(4096,), **kw)
         self.groups = sorted({s.ragged for s in specs if s.ragged})
         for g in self.groups:
-            self.f.create_dataset(f"{g}_offsets", data=np.zeros(1, np.int64), maxshape=(None,), chunks=(4096,), **kw)
+            self.f.create_dataset(offsets_name(g), data=np.zeros(1, np.int64), maxshape=(None,), chunks=(4096,), **kw)
         for s in specs:
             dt = np.dtype(s.dtype)
             if dt.kind == "f" and storage_dtype == "float16":
@@ -63,16 +73,16 @@ class StoreWriter:
                 s.name, (0, *s.shape), dt, maxshape=(None, *s.shape),
                 chunks=(_chunk_rows(s.shape, dt.itemsize), *s.shape), **kw,
             )
-        fg = self.f.create_group("failed", track_order=False)
-        fg.create_dataset("image_id", (0,), STR, maxshape=(None,), chunks=(1024,), track_times=False)
-        fg.create_dataset("reason", (0,), STR, maxshape=(None,), chunks=(1024,), track_times=False)
-        fg.create_dataset("sha256", (0,), SHA, maxshape=(None,), chunks=(1024,), track_times=False)
+        self.f.create_group(FAILED, track_order=False)
+        self.f.create_dataset(FAILED_ID, (0,), STR, maxshape=(None,), chunks=(1024,), track_times=False)
+        self.f.create_dataset(FAILED_REASON, (0,), STR, maxshape=(None,), chunks=(1024,), track_times=False)
+        self.f.create_dataset(FAILED_SHA256, (0,), SHA, maxshape=(None,), chunks=(1024,), track_times=False)
         base = {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "fields": specs_to_json(specs),
-            "storage_dtype": storage_dtype,
-            "created": created_time(),
+            Attr.FORMAT: FORMAT,
+            Attr.FORMAT_VERSION: FORMAT_VERSION,
+            Attr.FIELDS: specs_to_json(specs),
+            Attr.STORAGE_DTYPE: storage_dtype,
+            Attr.CREATED: created_time(),
         }
         for k, v in {**base, **attrs}.items():
             self.f.attrs[k] = v if v is not None else ""
@@ -106,12 +116,12 @@ class StoreWriter:
         head, tail = _split(rows, n, self.specs)
         self._rows = [tail] if len(tail.ids) else []
         self._buffered = len(tail.ids)
-        self._append(self.f["image_id"], np.asarray(head.ids, dtype=object))
-        self._append(self.f["image_path"], np.asarray(head.paths, dtype=object))
-        self._append(self.f["image_hw"], head.hw)
-        self._append(self.f["image_sha256"], np.asarray(head.sha256, dtype="S64"))
+        self._append(self.f[IMAGE_ID], np.asarray(head.ids, dtype=object))
+        self._append(self.f[IMAGE_PATH], np.asarray(head.paths, dtype=object))
+        self._append(self.f[IMAGE_HW], head.hw)
+        self._append(self.f[IMAGE_SHA256], np.asarray(head.sha256, dtype=SHA))
         for g in self.groups:
-            off = self.f[f"{g}_offsets"]
+            off = self.f[offsets_name(g)]
             self._append(off, off[-1] + np.cumsum(head.counts[g]))
         for s in self.specs:
             self._append(self.f[s.name], np.asarray(head.fields[s.name]).astype(self.f[s.name].dtype, copy=False))
@@ -128,9 +138,9 @@ class StoreWriter:
             while self._buffered:
                 self._write_block(min(self._buffered, WRITE_BLOCK))
             ids, reasons, sha = self._failed
-            self._append(self.f["failed/image_id"], np.asarray(ids, dtype=object))
-            self._append(self.f["failed/reason"], np.asarray(reasons, dtype=object))
-            self._append(self.f["failed/sha256"], np.asarray(sha, dtype="S64"))
+            self._append(self.f[FAILED_ID], np.asarray(ids, dtype=object))
+            self._append(self.f[FAILED_REASON], np.asarray(reasons, dtype=object))
+            self._append(self.f[FAILED_SHA256], np.asarray(sha, dtype=SHA))
             self._failed = ([], [], [])
         self.f.close()
 

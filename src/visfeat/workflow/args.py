@@ -7,14 +7,11 @@ import json
 import os
 import shlex
 import urllib.parse
-from typing import Any
 
-from visfeat.sources.tars import tar_paths
+from visfeat.sources.kinds import Options, SourceKind, dataset_source
 from visfeat.workflow.config import preset_options, published_entry
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".tar.xz")
-
-Options = list[tuple[str, Any]]
 
 
 def render(options: Options) -> str:
@@ -42,7 +39,7 @@ class WorkflowArgs:
 
     def __init__(self, config: dict, registry: dict):
         self.config, self.registry = config, registry
-        self._tars: dict[str, list[str]] = {}
+        self._sources: dict[str, SourceKind] = {}
         self.results, self.resources = config["results"], config["resources"]
         self.published = {**registry.get("published", {}), **config.get("published", {})}
         # dataset/extractor -> the published entry standing for it (features entries with `source: published`)
@@ -54,74 +51,45 @@ class WorkflowArgs:
             for e in entry["extractors"]
         }
 
-    # datasets
+    # datasets: each answered by the dataset's source kind (sources/kinds.py)
+
+    def source(self, dataset: str) -> SourceKind:
+        """The dataset as an instance of its source kind (one per dataset: a webdataset lists its tars once)."""
+        if dataset not in self._sources:
+            self._sources[dataset] = dataset_source(self.config, self.registry, dataset)
+        return self._sources[dataset]
 
     def registry_entry(self, dataset: str) -> dict | None:
         """The registry entry a dataset uses as its source, or None for the built-in sources."""
-        return self.registry["datasets"].get(self.config["datasets"][dataset]["source"])
+        return self.source(dataset).registry_entry
 
     def dataset_root(self, dataset: str) -> str:
-        d, reg = self.config["datasets"][dataset], self.registry_entry(dataset)
-        if reg is not None:
-            return d.get("path") or reg.get("local") or f"{self.resources}/archives"
-        if d["source"] in ("sample", "archive"):
-            return f"{self.resources}/datasets/{dataset}"
-        if d["source"] in ("webdataset", "urls"):  # the manifest holds each tar's absolute path
-            return "."
-        return d["path"]
+        return self.source(dataset).root
 
     def image_root(self, dataset: str) -> str:
         """Where the report reads a store's images: the dataset root, or for a tar source its manifest (each
         image is read in place from its tar)."""
-        if self.config["datasets"][dataset]["source"] in ("webdataset", "urls"):
-            return f"{self.results}/{dataset}/manifest.parquet"
-        return self.dataset_root(dataset)
+        return self.source(dataset).image_root
 
     def tars(self, dataset: str) -> list[str]:
         """A webdataset source's tars, in shard order (a pattern expanded, a folder listed: no tar is opened)."""
-        if dataset not in self._tars:
-            self._tars[dataset] = tar_paths(self.config["datasets"][dataset]["path"])
-        return self._tars[dataset]
+        return self.source(dataset).tars
 
     def downloaded(self, dataset: str) -> str:
-        """A urls source's record of its finished tars (the download rule's output), written beside img2dataset's
-        tars in resources/datasets/{dataset}/ (a failed download job keeps them: they are not its output)."""
-        return f"{self.resources}/datasets/{dataset}/downloaded.tsv"
+        """A urls source's record of its finished tars (the download rule's output)."""
+        return self.source(dataset).record
 
     def shard_count(self, dataset: str) -> int:
-        """How many extraction jobs (shard stores) a dataset has, known without reading any data file: `shards`, or
-        for a webdataset source one per `tars_per_shard` tars."""
-        d = self.config["datasets"][dataset]
-        if d["source"] == "webdataset":
-            return -(-len(self.tars(dataset)) // d.get("tars_per_shard", 1))
-        return d["shards"]
+        """How many extraction jobs (shard stores) a dataset has, known without reading any data file."""
+        return self.source(dataset).shard_count()
 
     def id_style(self, dataset: str) -> str:
-        reg = self.registry_entry(dataset) or {}
-        return self.config["datasets"][dataset].get("id_style") or reg.get("id_style") or "path"
+        return self.source(dataset).id_style
 
     def manifest(self, dataset: str) -> str:
         """visfeat manifest: which source kind, the root, and how the split is chosen."""
-        d, reg = self.config["datasets"][dataset], self.registry_entry(dataset)
-        opts: Options = [("--root", self.dataset_root(dataset)), ("--id-style", self.id_style(dataset))]
-        if reg is None and d["source"] == "webdataset":
-            opts += [("--source", "webdataset"), ("--tars-per-shard", d.get("tars_per_shard", 1))]
-            opts += [("--tars", t) for t in (d["path"] if isinstance(d["path"], list) else [d["path"]])]
-        elif reg is None and d["source"] == "urls":
-            opts += [("--source", "urls"), ("--downloaded", self.downloaded(dataset)), ("--shards", d["shards"])]
-        elif reg is None:
-            opts += [("--source", d["source"]), ("--list", d.get("list") if d["source"] == "list" else None)]
-        elif "local" in reg:
-            opts += [("--source", "folder"), ("--missing-message", reg["instructions"])]
-        elif "annotation" in reg:
-            opts += [("--source", "annotation"), ("--annotation", reg["annotation"]), ("--folder", reg["images"])]
-        elif "karpathy" in reg:
-            opts += [("--source", "karpathy"), ("--annotation", reg["karpathy"])]
-            opts += [("--split", s) for s in reg["splits"]]
-            opts += [("--folder", f"{k}={v}") for k, v in reg["filepaths"].items()]
-        else:
-            opts += [("--source", "folders")] + [("--folder", f) for f in reg["folders"]]
-        return render(opts)
+        src = self.source(dataset)
+        return render([("--root", src.root), ("--id-style", src.id_style), *src.manifest_options()])
 
     # downloads: the three kinds share one form
 
@@ -132,11 +100,10 @@ class WorkflowArgs:
         return [("--url", url), ("--archive", kept), ("--sha256", sha256 or None), ("--size", size or None)]
 
     def prepare(self, dataset: str) -> str:
-        """A `sample` or `archive` dataset (config `datasets`)."""
-        d = self.config["datasets"][dataset]
-        if d["source"] == "sample":
-            return render([("--source", "sample")])
-        return render([("--source", "archive"), *self._download(dataset, d["url"], d["sha256"])])
+        """A dataset whose kind is `prepared` (sample photos copied, or an archive downloaded and unpacked)."""
+        src = self.source(dataset)
+        download = src.prepare_download()
+        return render([("--source", src.name), *(self._download(dataset, *download) if download else [])])
 
     def download_archive(self, archive: str) -> str:
         """A registry archive (config/datasets.yaml `archives`)."""
@@ -176,13 +143,13 @@ class WorkflowArgs:
         return render([("--url", f"{mirror.rstrip('/')}/{preset}/{filename}" if mirror else None)])
 
     def extract(self, extractor: str, weights: str | list[str], boxes: str | list[str]) -> str:
-        """visfeat extract: the instance's preset and options; `weights`, `boxes`: the rule's inputs."""
+        """visfeat extract: the instance's options (engine/request.py OPTIONS) and preset options; the name is the
+        instance's key; `weights`, `boxes`: the rule's inputs (a configured file, or the fetched one; boxes with
+        {dataset} filled)."""
+        from visfeat.engine.request import command_args
+
         inst = self.config["extractors"][extractor]
-        opts: Options = [("--preset", inst["preset"]), ("--name", extractor), ("--weights", _first(weights)),
-                         ("--batch-size", inst["batch_size"]), ("--workers", inst["workers"]),
-                         ("--dtype", inst["dtype"]), ("--compression", inst["compression"]),
-                         ("--boxes", _first(boxes)), ("--amp", inst["amp"]),
-                         ("--device", None if inst["device"] == "auto" else inst["device"])]
+        opts = command_args({**inst, "name": extractor, "weights": _first(weights), "boxes": _first(boxes)})
         opts += [("--set", f"{k}={json.dumps(v)}") for k, v in preset_options(inst).items()]
         return render(opts)
 
@@ -195,7 +162,7 @@ class WorkflowArgs:
     def merge(self, dataset: str, extractor: str) -> str:
         """visfeat merge: the shard stores as a folder and a count, not one argument each, so the command line stays
         short whatever the shard count (the rule's input still lists every store, for the DAG); `merge: virtual`
-        maps the fields onto the shard stores instead of copying them (virtual_merge.py)."""
+        maps the fields onto the shard stores instead of copying them (store/merge.py `merge_virtual`)."""
         return render([("--shard-dir", f"{self.results}/{dataset}/{extractor}/shards"),
                        ("--shards", self.shard_count(dataset)),
                        ("--mode", self.config["datasets"][dataset].get("merge", "copy"))])
@@ -209,8 +176,8 @@ class WorkflowArgs:
                        ("--max-train-vectors", km.get("max_train_vectors") or None)])
 
     def report_features(self, dataset: str, extractor: str) -> str:
-        """Figures of one store; the extraction logs (rule extract's, as a folder and a count) give the throughput
-        per shard."""
+        """Figures of one store; rule extract's logs folder (and the shard count) gives the throughput per shard:
+        each job's `{i}.stats.json` beside its `{i}.log` (engine/stats.py `throughput`)."""
         return render([("--root", self.image_root(dataset)),
                        ("--out-dir", f"{self.results}/report/{dataset}/{extractor}"),
                        ("--weights-root", f"{self.resources}/weights"),

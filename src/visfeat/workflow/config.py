@@ -8,8 +8,8 @@ from typing import Any
 
 import yaml
 
-# keys of an extractor instance that are not preset options
-INSTANCE_KEYS = ("preset", "weights", "boxes", "batch_size", "workers", "amp", "device", "dtype", "compression")
+from visfeat.engine.request import config_keys, schema_properties
+from visfeat.sources import kinds
 
 
 class ConfigError(ValueError):
@@ -34,41 +34,97 @@ def _key(path) -> str:
     return ".".join(str(p) for p in path) or "(top level)"
 
 
-BUILTIN_SOURCES = ("sample", "folder", "list", "archive", "webdataset", "urls")
-CAPTIONED_SOURCES = ("webdataset", "urls")  # sources whose manifest has a `txt` caption per image
+BUILTIN_SOURCES = tuple(kinds.BUILTIN_KINDS)
+CAPTIONED_SOURCES = tuple(n for n, k in kinds.SOURCE_KINDS.items() if k.captions)  # a `txt` caption per image
+# the schemas beside this checkout's workflow (Snakemake passes its own)
+SCHEMAS = os.path.join(os.path.dirname(__file__), "..", "..", "..", "workflow", "schemas")
 
 
-def load_registry(path: str) -> dict:
+def _schema_error(schema: dict, instance: Any) -> str | None:
+    """The most relevant schema error as `KEY: message` (an unexpected key named as `KEY: unknown key`)."""
+    import jsonschema
+
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(instance), key=lambda e: list(e.absolute_path))
+    if not errors:
+        return None
+    e = jsonschema.exceptions.best_match(errors)
+    if e.validator == "additionalProperties":
+        extra = sorted(set(e.instance) - set(e.schema.get("properties", {})))
+        return f"{_key(list(e.absolute_path) + extra[:1])}: unknown key"
+    return f"{_key(e.absolute_path)}: {e.message}"
+
+
+def _form_error(schema: dict, value: Any) -> str | None:
+    """A source key's own form (sources/kinds.py `Key.schema`): the validator's message, or None."""
+    import jsonschema
+
+    e = jsonschema.exceptions.best_match(jsonschema.Draft7Validator(schema).iter_errors(value))
+    return None if e is None else e.message
+
+
+def load_registry_schema(path: str) -> dict:
+    """The registry schema: the YAML, with the registry kinds' keys (sources/kinds.py) and the config's
+    `published` entry (config.schema.yaml beside it), so each is declared once."""
+    with open(path) as f:
+        schema = yaml.safe_load(f)
+    entry = schema["properties"]["datasets"]["additionalProperties"]
+    entry["properties"] = {**entry.get("properties", {}), **kinds.registry_properties()}
+    with open(os.path.join(os.path.dirname(path), "config.schema.yaml")) as f:
+        schema["properties"]["published"]["additionalProperties"] = \
+            yaml.safe_load(f)["properties"]["published"]["additionalProperties"]
+    return schema
+
+
+def load_registry(path: str, schema_path: str | None = None) -> dict:
+    """The dataset registry, validated (schema, each dataset's kind, names it refers to); a problem is one line
+    naming the key (`config/datasets.yaml: datasets.coco_val2014.archives: ...`)."""
     with open(path) as f:
         reg = yaml.safe_load(f)
+    err = _schema_error(load_registry_schema(schema_path or os.path.join(SCHEMAS, "datasets.schema.yaml")), reg)
+    if err:
+        raise ConfigError(f"{path}: {err}")
     for name, d in reg["datasets"].items():
+        if name in kinds.BUILTIN_KINDS:
+            raise ConfigError(f"{path}: datasets.{name}: the name of a built-in source kind")
+        try:
+            kinds.check_registry_entry(d)
+        except kinds.EntryError as e:
+            raise ConfigError(f"{path}: {_key(['datasets', name, e.key][:3 if e.key else 2])}: {e}") from None
         for a in d.get("archives", []):
             if a not in reg["archives"]:
-                raise ConfigError(f"{path}: datasets.{name}: unknown archive {a!r}")
+                raise ConfigError(f"{path}: datasets.{name}.archives: unknown archive {a!r}")
+    for name, p in reg.get("published", {}).items():
+        if p["dataset"] not in reg["datasets"]:
+            raise ConfigError(f"{path}: published.{name}.dataset: {p['dataset']!r} is not a dataset of the registry")
     return reg
 
 
 def validate_config(config: dict, schema_path: str, base_dir: str = ".", registry: dict | None = None) -> dict:
     """Validate, fill defaults, check cross-references and paths; return the filled config. `registry`: the
     dataset registry, whose names are valid `source`s."""
-    import jsonschema
-
-    with open(schema_path) as f:
-        schema = yaml.safe_load(f)
+    schema = load_schema(schema_path)
     cfg = copy.deepcopy(config)
     for k, sub in schema.get("properties", {}).items():
         if k not in cfg and "default" in sub:
             cfg[k] = copy.deepcopy(sub["default"])
-    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(cfg), key=lambda e: list(e.absolute_path))
-    if errors:
-        e = jsonschema.exceptions.best_match(errors)
-        if e.validator == "additionalProperties":
-            extra = sorted(set(e.instance) - set(e.schema.get("properties", {})))
-            raise ConfigError(f"config: {_key(list(e.absolute_path) + extra[:1])}: unknown key")
-        raise ConfigError(f"config: {_key(e.absolute_path)}: {e.message}")
+    err = _schema_error(schema, cfg)
+    if err:
+        raise ConfigError(f"config: {err}")
     cfg = _fill_defaults(schema, cfg)
     _check_semantics(cfg, base_dir, registry or {"datasets": {}, "archives": {}})
     return cfg
+
+
+def load_schema(path: str) -> dict:
+    """The config schema: the YAML, with an extractor instance's option properties from their one declaration
+    (engine/request.py OPTIONS)."""
+    with open(path) as f:
+        schema = yaml.safe_load(f)
+    inst = schema["properties"]["extractors"]["additionalProperties"]
+    inst["properties"] = {**inst.get("properties", {}), **schema_properties()}
+    dataset = schema["properties"]["datasets"]["additionalProperties"]  # the kinds' keys (sources/kinds.py)
+    dataset["properties"] = {**dataset.get("properties", {}), **kinds.config_properties()}
+    return schema
 
 
 def _check_semantics(cfg: dict, base_dir: str, registry: dict) -> None:
@@ -77,28 +133,11 @@ def _check_semantics(cfg: dict, base_dir: str, registry: dict) -> None:
     def path_of(p: str) -> str:
         return p if os.path.isabs(p) else os.path.join(base_dir, p)
 
-    for name, d in cfg["datasets"].items():
-        src = d["source"]
-        if src not in BUILTIN_SOURCES and src not in registry["datasets"]:
-            raise ConfigError(f"config: datasets.{name}.source: unknown source {src!r}; built in: "
-                              f"{', '.join(BUILTIN_SOURCES)}; registry: {', '.join(registry['datasets'])}")
-        need = {"folder": ["path"], "list": ["list", "path"], "archive": ["url", "sha256"],
-                "webdataset": ["path"], "urls": ["urls"]}.get(src, [])
-        for k in need:
-            if k not in d:
-                raise ConfigError(f"config: datasets.{name}.{k}: required for source {src}")
-        if src == "folder" and not os.path.isdir(path_of(d["path"])):
-            raise ConfigError(f"config: datasets.{name}.path: folder {d['path']} does not exist")
-        if src == "urls":
-            if not d["urls"].lower().endswith((".parquet", ".csv", ".tsv")):
-                raise ConfigError(f"config: datasets.{name}.urls: {d['urls']} is not a .parquet, .csv or .tsv file")
-            if not os.path.isfile(path_of(d["urls"])):
-                raise ConfigError(f"config: datasets.{name}.urls: file {d['urls']} does not exist")
-        if src == "list":
-            if not os.path.isfile(path_of(d["list"])):
-                raise ConfigError(f"config: datasets.{name}.list: file {d['list']} does not exist")
-            if not os.path.isdir(path_of(d["path"])):
-                raise ConfigError(f"config: datasets.{name}.path: folder {d['path']} does not exist")
+    for name in cfg["datasets"]:  # each dataset's kind checks its keys (sources/kinds.py)
+        try:
+            kinds.dataset_source(cfg, registry, name).check(base_dir, _form_error)
+        except kinds.EntryError as e:
+            raise ConfigError(f"config: datasets.{name}.{e.key}: {e}") from None
 
     for name, inst in cfg["extractors"].items():
         inst.setdefault("preset", name)
@@ -108,16 +147,16 @@ def _check_semantics(cfg: dict, base_dir: str, registry: dict) -> None:
             raise ConfigError(f"config: extractors.{name}.preset: {e.args[0]}") from None
         allowed = {**COMMON_OPTIONS, **p.options}
         for k in inst:
-            if k not in INSTANCE_KEYS and k not in allowed:
+            if k not in config_keys() and k not in allowed:
                 raise ConfigError(f"config: extractors.{name}.{k}: unknown key (preset {p.name} options: "
                                   f"{', '.join(sorted(allowed))})")
-        if "boxes" in inst and p.family != "detector":
+        if "boxes" in inst and not p.takes_boxes:
             raise ConfigError(f"config: extractors.{name}.boxes: preset {p.name} takes no boxes (forced-boxes mode "
                               "is for region presets)")
         if "weights" in inst and not os.path.isfile(path_of(inst["weights"])):
             raise ConfigError(f"config: extractors.{name}.weights: file {inst['weights']} does not exist")
         try:  # the preset's own check of its option values (e.g. VISSL's pooling ops), torch-free
-            check_preset_options(p.name, {k: v for k, v in inst.items() if k not in INSTANCE_KEYS})
+            check_preset_options(p.name, preset_options(inst))
         except ValueError as e:
             raise ConfigError(f"config: extractors.{name}: {e}") from None
 
@@ -153,7 +192,7 @@ def _check_semantics(cfg: dict, base_dir: str, registry: dict) -> None:
             d = cfg["datasets"].get(t["dataset"])
             if d is None:
                 raise ConfigError(f"config: text.{name}.dataset: {t['dataset']!r} is not defined under datasets")
-            if d.get("source") not in CAPTIONED_SOURCES:
+            if not kinds.dataset_source(cfg, registry, t["dataset"]).captions:
                 raise ConfigError(f"config: text.{name}.dataset: {t['dataset']!r} has no captions (source "
                                   f"{d.get('source')!r}; captions come with {', '.join(CAPTIONED_SOURCES)} sources)")
         elif not os.path.isfile(path_of(t["captions"])):
@@ -161,8 +200,9 @@ def _check_semantics(cfg: dict, base_dir: str, registry: dict) -> None:
         for e in t["extractors"]:
             if e not in cfg["extractors"]:
                 raise ConfigError(f"config: text.{name}.extractors: {e!r} is not defined under extractors")
-            if get_preset(cfg["extractors"][e]["preset"]).family != "clip":
-                raise ConfigError(f"config: text.{name}.extractors: {e!r} is not a CLIP extractor")
+            if not get_preset(cfg["extractors"][e]["preset"]).text:
+                raise ConfigError(f"config: text.{name}.extractors: {e!r} is not a CLIP extractor (its preset has "
+                                  "no text tower)")
 
 
 def published_entry(cfg: dict, registry: dict, dataset: str, extractor: str) -> tuple[str, dict] | None:
@@ -191,4 +231,4 @@ def _preset_default(preset: str, key: str):
 
 def preset_options(inst: dict) -> dict:
     """The preset options of an extractor instance (everything but the instance keys)."""
-    return {k: v for k, v in inst.items() if k not in INSTANCE_KEYS}
+    return {k: v for k, v in inst.items() if k not in config_keys()}

@@ -137,6 +137,7 @@ def test_text_embeds_the_manifest_captions(tmp_path, tiny_clip):
         read_captions(str(manifest))
 
 
+@pytest.mark.workflow
 def test_text_of_a_dataset_plans_after_its_manifest_and_needs_captions(tmp_path):
     import yaml
     from conftest import copy_workflow, snakemake

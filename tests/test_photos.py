@@ -1,9 +1,9 @@
-"""The tests' region comparison (photos.assert_same_regions): row order is free, every field still counts."""
+"""The tests' region comparison (helpers.photos.assert_same_regions): row order is free, every field still counts."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from photos import assert_same_regions
+from helpers.photos import assert_same_regions
 
 
 def regions(n: int = 6, seed: int = 0) -> dict:

@@ -5,11 +5,11 @@ import sys
 import threading
 import time
 
-import h5py
 import numpy as np
 import pytest
 import torch
-from throttle import throttled_env
+from helpers.stores import stores_identical
+from helpers.throttle import throttled_env
 
 import visfeat
 import visfeat.engine.run
@@ -18,22 +18,6 @@ from visfeat.engine.items import folder_items, read_list
 from visfeat.engine.loaders import ImageSamples
 from visfeat.engine.run import run_extraction
 from visfeat.extractors.base import Extractor, FieldSpec
-
-
-def stores_identical(a, b) -> None:
-    """Same datasets and attributes, the creation time aside."""
-    with h5py.File(a) as fa, h5py.File(b) as fb:
-        attrs_a = {k: v for k, v in fa.attrs.items() if k != "created"}
-        attrs_b = {k: v for k, v in fb.attrs.items() if k != "created"}
-        assert attrs_a == attrs_b
-        names_a, names_b = [], []
-        fa.visit(names_a.append)
-        fb.visit(names_b.append)
-        assert names_a == names_b
-        for n in names_a:
-            if isinstance(fa[n], h5py.Dataset):
-                assert fa[n].dtype == fb[n].dtype and fa[n].shape == fb[n].shape, n
-                assert np.array_equal(fa[n][()], fb[n][()]), n
 
 
 def test_effnet_pipeline_equals_direct_model_and_classifies(sample_dir, bad_dir, tmp_path):
@@ -120,7 +104,7 @@ def test_kill_and_resume_gives_identical_file(sample_dir, tmp_path):
 
 
 def test_after_flush_hook_runs_once_each_batch_is_on_disk(sample_dir, tmp_path, monkeypatch):
-    """The hook the kill-and-resume tests slow a child down with (see tests/throttle.py)."""
+    """The hook the kill-and-resume tests slow a child down with (see tests/helpers/throttle.py)."""
     parts = tmp_path / "h.h5.parts"
     seen = []
     monkeypatch.setattr(visfeat.engine.run, "after_flush", lambda k: seen.append((k, len(list(parts.glob("b*.npz"))))))
