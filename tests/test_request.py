@@ -226,3 +226,11 @@ def test_a_request_is_frozen_and_complete():
         ExtractRequest(out="o.h5", images="d", options={"preset": "effnet-lite0", "batch": 2})
     with pytest.raises(ValueError, match=r"instance options required: \['preset'\]"):
         ExtractRequest(out="o.h5", images="d", options={"batch_size": 2})
+
+
+def test_every_config_option_is_explained_in_config_readme():
+    """config/README.md's `extractors` table names every option a config entry may set."""
+    text = (REPO / "config/README.md").read_text()
+    section = text[text.index("## `extractors`"):text.index("## `features`")]
+    missing = [o.name for o in options_table.OPTIONS if o.config and f"| `{o.name}` |" not in section]
+    assert not missing, f"config/README.md's extractors table lacks {missing}"

@@ -1,6 +1,6 @@
 # The validated config, input functions and targets. Each rule's shell line is `visfeat(...)`: the package's
 # command with src/ on PYTHONPATH, inside the rule's conda env; what the config says each command is given is
-# src/visfeat/workflow_args.py (ARGS). Nothing here reads a data file: parsing stays fast and side-effect free.
+# src/visfeat/workflow/args.py (ARGS). Nothing here reads a data file: parsing stays fast and side-effect free.
 import sys
 import shlex
 from pathlib import Path

@@ -20,7 +20,7 @@ import h5py
 import numpy as np
 
 from visfeat.version import __version__
-from visfeat.store.format import FieldSpec
+from visfeat.store.format import Attr, FieldSpec, hw_name
 from visfeat.store.reader import FeatureStore, iter_rows
 from visfeat.store.writer import atomic_path, writing
 
@@ -145,10 +145,10 @@ def assign(store_path: str, centroids_path: str, out: str, pickle_path: str | No
     src = FeatureStore(store_path)
     spec = _field_spec(src, field)
     code_specs = [FieldSpec("codes", tuple(spec.shape[:-1]), "int32", spec.ragged)]
-    hw_field = f"{field}_hw" if any(s.name == f"{field}_hw" for s in src.specs) else None
+    hw_field = hw_name(field) if any(s.name == hw_name(field) for s in src.specs) else None
     if hw_field:  # a grid whose H x W varies per image: the codes keep its shape
-        code_specs.append(FieldSpec("codes_hw", (2,), "int32"))
-    attrs = {k: v for k, v in src.attrs.items() if k in ("preset", "extractor", "config", "weights_sha256")}
+        code_specs.append(FieldSpec(hw_name("codes"), (2,), "int32"))
+    attrs = {k: v for k, v in src.attrs.items() if k in (Attr.PRESET, Attr.EXTRACTOR, Attr.CONFIG, Attr.WEIGHTS_SHA256)}
     attrs.update({"kmeans": settings["name"], "kmeans_settings": json.dumps(settings),
                   "visfeat_version": __version__, "source_store": store_path})
     codes_by_id: dict[str, np.ndarray] = {}
@@ -158,7 +158,7 @@ def assign(store_path: str, centroids_path: str, out: str, pickle_path: str | No
             v = _vectors(fields, field)
             _, labels = index.search(np.ascontiguousarray(v, dtype=np.float32), 1)
             codes = labels[:, 0].astype(np.int32).reshape(fields[field].shape[:-1])
-            out_fields = {"codes": codes, **({"codes_hw": fields[hw_field]} if hw_field else {})}
+            out_fields = {"codes": codes, **({hw_name("codes"): fields[hw_field]} if hw_field else {})}
             w.append(ids, paths, hw, out_fields, counts)
             if pickle_path and not spec.ragged:
                 for i, image_id in enumerate(ids):

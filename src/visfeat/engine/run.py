@@ -33,7 +33,7 @@ from visfeat.engine.parts import Parts, pack, parts_signature
 from visfeat.engine.request import ExtractRequest, RequestError
 from visfeat.engine.reuse import PreviousStore, extractor_signature
 from visfeat.engine.stats import done_line
-from visfeat.store.format import FieldSpec
+from visfeat.store.format import Attr, FieldSpec, specs_from_json
 from visfeat.store.writer import writing
 
 if TYPE_CHECKING:  # torch is imported only where a model runs: a rerun with nothing to extract never loads it
@@ -128,15 +128,13 @@ def run_extraction(
                   f"{len(items) - len(reused)}", file=sys.stderr, flush=True)
         if ex is not None:
             specs = ex.fields()
-            attrs = _attrs(ex.preset, name, json.dumps(ex.config, sort_keys=True), ex.weights_sha256 or "",
+            attrs = _attrs(ex.preset, name, json.dumps(ex.config, sort_keys=True), ex.weights_sha256,
                            compression, sig, request)
         else:  # nothing to extract: the previous store says what the extractor is
-            from visfeat.store.format import specs_from_json
-
             pa = prev.attrs
-            specs = specs_from_json(pa["fields"])
-            attrs = _attrs(pa["preset"], pa["extractor"], pa["config"], pa["weights_sha256"], compression, sig,
-                           request)
+            specs = specs_from_json(pa[Attr.FIELDS])
+            attrs = _attrs(pa[Attr.PRESET], pa[Attr.EXTRACTOR], pa[Attr.CONFIG], pa[Attr.WEIGHTS_SHA256], compression,
+                           sig, request)
         out.parent.mkdir(parents=True, exist_ok=True)
         parts = Parts(out, parts_signature(sig, todo))
         res = _extract(ex, todo, parts, batch_size, workers, name, storage_dtype, worker_start, out, len(items)) \
@@ -215,9 +213,9 @@ def build_extractor(req: ExtractRequest, boxes: dict[str, np.ndarray] | None) ->
 def _attrs(preset: str, name: str, config: str, weights_sha256: str, compression: str | None, signature: str,
            request: str) -> dict[str, Any]:
     """A store's attributes, in one order, whether the extractor was built or the previous store named it."""
-    return {"preset": preset, "extractor": name, "config": config, "weights_sha256": weights_sha256,
-            "visfeat_version": __version__, "compression": compression or "none", "signature": signature,
-            "request": request}
+    return {Attr.PRESET: preset, Attr.EXTRACTOR: name, Attr.CONFIG: config, Attr.WEIGHTS_SHA256: weights_sha256,
+            Attr.VISFEAT_VERSION: __version__, Attr.COMPRESSION: compression or "none", Attr.SIGNATURE: signature,
+            Attr.REQUEST: request}
 
 
 def _extract(extractor: Extractor, items: list[Item], parts: Parts, batch_size: int, workers: int, name: str,

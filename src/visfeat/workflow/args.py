@@ -116,8 +116,8 @@ class WorkflowArgs:
         d = self.config["datasets"][dataset]
         i = d.get("img2dataset", {})
         return render([("--urls", d["urls"]), ("--out-dir", os.path.dirname(self.downloaded(dataset))),
-                       ("--img2dataset", i.get("executable", "img2dataset")), ("--url-col", d.get("url_col", "url")),
-                       ("--caption-col", d.get("caption_col", "caption")),
+                       ("--img2dataset", i.get("executable", "img2dataset")), ("--url-col", self.source(dataset).value("url_col")),
+                       ("--caption-col", self.source(dataset).value("caption_col")),
                        ("--urls-per-tar", i.get("urls_per_tar", 10000)), ("--timeout", i.get("timeout", 10)),
                        ("--retries", i.get("retries", 0)), ("--processes", i.get("processes", 1)),
                        ("--threads", i.get("threads", 256))])
