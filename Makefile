@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test bench lint slurm
+.PHONY: setup setup-urls run test bench lint slurm
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,10 +24,16 @@ $(I2D_STAMP): envs/img2dataset.yaml $(STAMP)
 	$(I2D)/bin/python -m pip install -q -r $(I2D)/requirements.txt
 	touch $(I2D_STAMP)
 
-setup: $(STAMP) $(I2D_STAMP)
+# `make setup` is the main venv only; img2dataset's venv (large) only where a `urls` source needs it: `make run`
+# builds it when config/config.yaml configures one, `make test` for tests/test_urls.py, or `make setup-urls`
+setup: $(STAMP)
 
+setup-urls: $(I2D_STAMP)
+
+# its bin/ comes last on PATH: the download rule finds `img2dataset` there, every other command in .venv
 run: setup
-	PATH=$(CURDIR)/$(BIN):$$PATH snakemake
+	@if $(BIN)/python scripts/urls_configured.py config/config.yaml; then $(MAKE) --no-print-directory setup-urls; fi
+	PATH=$(CURDIR)/$(BIN):$$PATH:$(CURDIR)/$(I2D)/bin snakemake
 
 # The SLURM test runs a real single-node cluster: Debian's slurm-wlm + munge, installed here when we are root
 # with apt-get; elsewhere tests/test_slurm.py is skipped with the reason printed.
@@ -39,7 +45,7 @@ slurm:
 	    || echo "apt-get failed: the SLURM test will be skipped"; \
 	else echo "not root with apt-get: the SLURM test will be skipped"; fi
 
-test: setup slurm
+test: setup setup-urls slurm
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -rs --durations=25 $(PYTEST_ARGS)
 
 lint: setup

@@ -48,7 +48,7 @@ def test_workflow_args_from_the_validated_config():
     c = validate_config(_cfg(extractors={"effnet-lite0": {"amp": True, "device": "cpu", "exif": False}}), SCHEMA)
     args = WorkflowArgs(c, reg)
     assert args.extract("effnet-lite0", [], []) == ("--preset effnet-lite0 --name effnet-lite0 --batch-size 8 "
-                                                    "--workers 2 --dtype float32 --compression none --amp "
+                                                    "--workers auto --dtype float32 --compression none --amp "
                                                     "--device cpu --set exif=false")
     assert args.manifest("s") == "--root resources/datasets/s --id-style path --source sample"
     assert args.weights_url("clip-rn50", "RN50.pt") == ""

@@ -24,6 +24,19 @@ def test_folder_scan_recursive_any_case(tmp_path):
     assert dict(pairs)["sub/deep/d"] == "sub/deep/d.webp"
 
 
+def test_a_folder_without_images_is_one_line_naming_it_and_the_suffixes(tmp_path):
+    """An empty folder is a mistake (a wrong path, an unpacked archive elsewhere), not an empty dataset."""
+    from visfeat.sources.images import IMAGE_EXTENSIONS
+
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub/notes.txt").write_text("x")
+    with pytest.raises(DatasetError) as e:
+        scan_folder(tmp_path)
+    msg = str(e.value)
+    assert msg.startswith(f"image folder {tmp_path} holds no images") and "\n" not in msg
+    assert all(ext in msg for ext in IMAGE_EXTENSIONS) and "1 other file" in msg
+
+
 def test_id_collision_names_both_files(tmp_path):
     _touch_images(tmp_path, ["x/img.jpg", "y/img.png"])
     assert len(scan_folder(tmp_path)) == 2

@@ -18,7 +18,8 @@ FIELDS = ("features", "boxes", "obj_id", "obj_conf", "attr_id", "attr_conf", "nu
 
 
 def region_store(path, rows: dict[str, dict], paths: dict[str, str] | None = None) -> None:
-    specs = [FieldSpec("features", (8,), ragged="regions"), FieldSpec("boxes", (4,), ragged="regions"),
+    dim = next(iter(rows.values()))["features"].shape[1]
+    specs = [FieldSpec("features", (dim,), ragged="regions"), FieldSpec("boxes", (4,), ragged="regions"),
              FieldSpec("obj_id", (), "int64", ragged="regions"), FieldSpec("obj_conf", (), ragged="regions"),
              FieldSpec("attr_id", (), "int64", ragged="regions"), FieldSpec("attr_conf", (), ragged="regions"),
              FieldSpec("num_boxes", (), "int64")]
@@ -31,13 +32,14 @@ def region_store(path, rows: dict[str, dict], paths: dict[str, str] | None = Non
                  {**cat, "num_boxes": counts}, {"regions": counts})
 
 
-def random_rows(seed: int, n: int = 5) -> dict[str, dict]:
+def random_rows(seed: int, n: int = 5, boxes: int | None = None, dim: int = 8) -> dict[str, dict]:
+    """`n` images of `boxes` regions each (default: 3 to 11) with `dim` features per region."""
     rng = np.random.default_rng(seed)
     out = {}
     for k in range(n):
-        m = int(rng.integers(3, 12))
+        m = int(rng.integers(3, 12)) if boxes is None else boxes
         xy = rng.uniform(0, 200, (m, 2)).astype(np.float32)
-        out[f"img{k}"] = {"features": rng.normal(size=(m, 8)).astype(np.float32),
+        out[f"img{k}"] = {"features": rng.normal(size=(m, dim)).astype(np.float32),
                           "boxes": np.concatenate([xy, xy + rng.uniform(10, 80, (m, 2)).astype(np.float32)], 1),
                           "obj_id": rng.integers(0, 1600, m), "obj_conf": rng.uniform(size=m).astype(np.float32),
                           "attr_id": rng.integers(0, 400, m), "attr_conf": rng.uniform(size=m).astype(np.float32),
@@ -61,7 +63,7 @@ def test_export_then_import_gives_every_field_back(tmp_path, fmt, ext):
 
 
 def test_xlxmert_boxes36_round_trip_carries_features_boxes_and_labels(tmp_path):
-    rows = random_rows(2)
+    rows = random_rows(2, boxes=36, dim=2048)  # X-LXMERT's shapes (exporters.XLXMERT_BOXES, XLXMERT_DIM)
     region_store(tmp_path / "a.h5", rows)
     export("xlxmert-boxes36", str(tmp_path / "a.h5"), str(tmp_path / "maskrcnn_valid_boxes36.h5"))
     assert import_features("xlxmert-boxes36", str(tmp_path / "maskrcnn_valid_boxes36.h5"), str(tmp_path / "b.h5"),
@@ -75,15 +77,15 @@ def test_xlxmert_boxes36_round_trip_carries_features_boxes_and_labels(tmp_path):
 
 def test_xlxmert_grid8_round_trip(tmp_path):
     rng = np.random.default_rng(3)
-    grids = {f"COCO_val2014_{k:012d}": rng.normal(size=(8, 8, 16)).astype(np.float32) for k in range(7)}
-    with writing(tmp_path / "a.h5", [FieldSpec("grid", (8, 8, 16))], {"preset": "grid8-x152", "config": "{}"}) as w:
+    grids = {f"COCO_val2014_{k:012d}": rng.normal(size=(8, 8, 2048)).astype(np.float32) for k in range(7)}
+    with writing(tmp_path / "a.h5", [FieldSpec("grid", (8, 8, 2048))], {"preset": "grid8-x152", "config": "{}"}) as w:
         w.append(list(grids), [f"{k}.jpg" for k in grids], np.zeros((7, 2), np.int32),
                  {"grid": np.stack(list(grids.values()))}, {})
     export("xlxmert-grid8", str(tmp_path / "a.h5"), str(tmp_path / "maskrcnn_valid_grid8.h5"))
     import h5py
 
     with h5py.File(tmp_path / "maskrcnn_valid_grid8.h5") as f:  # as X-LXMERT's datasets read it
-        assert sorted(f) == sorted(grids) and f[next(iter(grids))]["features"].shape == (8, 8, 16)
+        assert sorted(f) == sorted(grids) and f[next(iter(grids))]["features"].shape == (8, 8, 2048)
     assert import_features("xlxmert-grid8", str(tmp_path / "maskrcnn_valid_grid8.h5"), str(tmp_path / "b.h5")) == 7
     b = visfeat.open(tmp_path / "b.h5")
     for k, g in grids.items():
@@ -96,7 +98,7 @@ def test_export_by_file_stem_and_import_by_id_style(tmp_path):
     dataset's id_style gives the extraction's ids back, so `compare` matches image for image."""
     from visfeat.sources.folder import DatasetError
 
-    rows = dict(zip(("42", "73", "391895"), random_rows(4, 3).values()))
+    rows = dict(zip(("42", "73", "391895"), random_rows(4, 3, boxes=36, dim=2048).values()))
     paths = {i: f"val2014/COCO_val2014_{int(i):012d}.jpg" for i in rows}
     region_store(tmp_path / "a.h5", rows, paths)  # as extracting coco_val2014 names them
     for fmt in ("lxmert-tsv", "xlxmert-boxes36"):

@@ -223,6 +223,24 @@ def test_a_missing_signup_folder_prints_its_instructions(tmp_path, capsys):
                                        "Fill in the form.\n")
 
 
+def test_a_folder_without_images_fails_and_a_source_listing_none_warns(tmp_path, capsys):
+    """A folder source with no image file stops at the manifest in one line; a list (annotation, tars) naming no
+    image is a manifest of 0 rows that says so, and extraction writes empty stores."""
+    (tmp_path / "photos").mkdir()
+    assert main(["manifest", "--source", "folder", "--root", str(tmp_path / "photos"), "--out",
+                 str(tmp_path / "m.parquet")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"visfeat manifest: error: image folder {tmp_path / 'photos'} holds no images (looked for "
+                          ".jpg, .jpeg,") and err.count("\n") == 1
+    assert not (tmp_path / "m.parquet").exists()
+    (tmp_path / "mine.txt").write_text("# to do\n")
+    assert main(["manifest", "--source", "list", "--root", str(tmp_path / "photos"), "--list",
+                 str(tmp_path / "mine.txt"), "--out", str(tmp_path / "m.parquet")]) == 0
+    assert capsys.readouterr().out.splitlines()[1:] == [
+        "warning: no images to extract (0 listed): this dataset's feature stores will hold 0 images"]
+    assert len(pd.read_parquet(tmp_path / "m.parquet")) == 0
+
+
 def test_the_manifest_command_builds_every_kind():
     """`visfeat manifest --source` takes each kind's builder (a registry kind may build as another kind), and
     refuses anything else naming the kinds."""

@@ -180,7 +180,8 @@ def test_virtual_store_reads_as_the_copied_one_through_every_reader(kind, tmp_pa
         export(fmt, str(virt), str(tmp_path / f"out-virt-{fmt}"))
         same_tree(tmp_path / f"out-copy-{fmt}", tmp_path / f"out-virt-{fmt}")
         done += 1
-    assert done >= {"regions": 4, "cells": 0, "fixed": 3}[kind]
+    # X-LXMERT's layouts refuse these stores (not 36 boxes per image; a 7x7 grid): interop/exporters.py
+    assert done >= {"regions": 3, "cells": 0, "fixed": 2}[kind]
     # compare: the virtual store against the copy agrees perfectly, and equals the copy against itself
     assert compare(str(virt), str(copy)) == compare(str(copy), str(copy))
     # the report's figures

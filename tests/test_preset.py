@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_presets import images, tiny_vissl, weights_for  # noqa: F401  (fixtures: the tiny weights, two images)
+from test_presets import (images, options_for, tiny_encoders, tiny_openclip, tiny_vissl,  # noqa: F401  (fixtures:
+                          weights_for)  # the tiny weights, two images)
 
 import visfeat
 from visfeat.extractors.preset import CAPABILITIES, ENVS, Field, Preset, register
@@ -25,10 +26,11 @@ def weights_sha256(name: str, weights: str | None) -> str:
 
 
 @pytest.mark.parametrize("name", presets())
-def test_built_extractor_does_what_the_preset_declares(name, tiny_clip, tiny_vissl, images):  # noqa: F811
+def test_built_extractor_does_what_the_preset_declares(name, tiny_clip, tiny_vissl, tiny_encoders,  # noqa: F811
+                                                       images):  # noqa: F811
     p = get_preset(name)
-    weights = weights_for(name, tiny_clip, tiny_vissl)
-    ex = visfeat.load_extractor(name, weights=weights, device="cpu")
+    weights = weights_for(name, tiny_clip, tiny_vissl, tiny_encoders)
+    ex = visfeat.load_extractor(name, weights=weights, device="cpu", **options_for(name))
     assert (ex.preset, ex.weights_sha256, ex.amp, ex.device.type) == (name, weights_sha256(name, weights), False, "cpu")
 
     batch = ex.collate([ex.preprocess(im) for im in images])

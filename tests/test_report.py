@@ -65,3 +65,75 @@ def test_grid_extent_follows_the_crop():
         pytest.approx((400 - 262.5) / 2), pytest.approx((400 + 262.5) / 2), pytest.approx(281.25), pytest.approx(18.75))
     assert grid_extent({"image_size": 448, "squash_resize": True}, 300, 400) == (0, 400, 300, 0)
     assert grid_extent({"image_size": 224}, 300, 400) == (50, 350, 300, 0)
+
+
+# `visfeat show` and the classes figure of a classifier's store (effnet-lite0: global, grid, logits)
+
+GRID_CYAN = (0x00, 0xFF, 0xFF)  # report.GRID_COLOR: the grid cells' lines
+BAR_CYAN = (0x17, 0xBE, 0xCF)  # matplotlib's tab:cyan: the class bars
+EGYPTIAN_CAT, TABBY, TIGER_CAT = 285, 281, 282  # ImageNet-1k class indices
+
+
+def _pixels(png, rgb, tol: int = 60) -> int:
+    im = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    return int((np.abs(im - rgb).sum(-1) < tol).sum())
+
+
+def _classifier_store(tmp_path, top1: list[int]):
+    """An effnet-lite0 store of the chelsea photo (one row per entry of `top1`, that class most probable) and
+    the folder its image paths are relative to."""
+    import json
+
+    from helpers.photos import photo
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    img = photo("chelsea.png")
+    img.save(root / "chelsea.jpg")
+    n = len(top1)
+    logits = np.zeros((n, 1000), np.float32)
+    logits[:, TABBY], logits[:, TIGER_CAT] = 2.0, 1.0
+    logits[np.arange(n), top1] = 4.0
+    specs = [FieldSpec("global", (1280,)), FieldSpec("grid", (7, 7, 1280)), FieldSpec("logits", (1000,))]
+    w = StoreWriter(tmp_path / "e.h5", specs, {"preset": "effnet-lite0", "extractor": "effnet-lite0",
+                                               "config": json.dumps({"image_size": 224, "resize_size": 256})})
+    ids = ["chelsea"] + [f"copy{k}" for k in range(1, n)]
+    w.append(ids, ["chelsea.jpg"] * n, np.tile([img.height, img.width], (n, 1)),
+             {"global": np.ones((n, 1280), np.float32), "grid": np.ones((n, 7, 7, 1280), np.float32),
+              "logits": logits})
+    w.close()
+    return tmp_path / "e.h5", root
+
+
+def test_show_without_the_image_says_what_to_pass(tmp_path, capsys):
+    from visfeat.cli import main
+
+    store, root = _classifier_store(tmp_path, [EGYPTIAN_CAT])
+    out = tmp_path / "chelsea.png"
+    assert main(["show", str(store), "chelsea", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("visfeat show: error: ") and err.count("\n") == 1 and "--root" in err, err
+    assert "manifest.parquet" in err and not out.exists()  # a tar source's root is its manifest
+    assert main(["show", str(store), "chelsea", "--root", str(tmp_path), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path / "chelsea.jpg") in err and err.count("\n") == 1 and not out.exists(), err
+
+
+def test_show_draws_the_grid_cells_and_the_top5_classes(tmp_path, capsys):
+    from visfeat.cli import main
+
+    store, root = _classifier_store(tmp_path, [EGYPTIAN_CAT])
+    out = tmp_path / "chelsea.png"
+    assert main(["show", str(store), "chelsea", "--root", str(root), "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    top5 = next(line for line in lines if line.startswith("[visfeat] chelsea: top-5 classes: "))
+    assert top5.split(": ", 2)[2].startswith("Egyptian cat 0.") and ", tabby 0." in top5 and ", tiger cat 0." in top5
+    assert _pixels(out, GRID_CYAN) > 1000, "no grid cells drawn"
+    assert _pixels(out, BAR_CYAN, 30) > 500, "no class bars drawn"
+
+
+def test_classes_figure_of_a_classifier_store_counts_top1_classes(tmp_path):
+    store, root = _classifier_store(tmp_path, [EGYPTIAN_CAT, EGYPTIAN_CAT, TABBY])
+    paths = {p.name: p for p in feature_report(str(store), str(tmp_path / "rep"), root=str(root))}
+    assert _pixels(paths["classes.png"], BAR_CYAN, 30) > 500, "no class bars (the 'no regions' text?)"
+    assert _pixels(paths["samples.png"], GRID_CYAN) > 300, "no grid cells on the samples"

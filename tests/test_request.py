@@ -51,7 +51,7 @@ def other_value(o: InstanceOption, files) -> object:
     if o.type is bool:
         return not o.default
     if o.type is int:
-        return o.default + 3
+        return (0 if o.auto else o.default) + 3
     return next(c for c in o.choices if c != o.default) if o.choices else "x"
 
 
@@ -80,7 +80,8 @@ def test_every_option_is_in_the_config_schema(option, files):
     if not option.config:  # the instance name is the entry's own key, no key inside it
         assert option.name not in props and option.name not in options_table.config_keys()
         return
-    assert props[option.name]["type"] == {str: "string", int: "integer", bool: "boolean"}[option.type]
+    json_type = {str: "string", int: "integer", bool: "boolean"}[option.type]
+    assert props[option.name]["type"] == ([json_type, "string"] if option.auto else json_type)  # auto: the string
     filled = validate_config(config({"preset": DETECTOR}), SCHEMA)["extractors"]["inst"]
     default = option.default if option.unset is None else option.unset
     assert props[option.name].get("default") == default
@@ -234,3 +235,18 @@ def test_every_config_option_is_explained_in_config_readme():
     section = text[text.index("## `extractors`"):text.index("## `features`")]
     missing = [o.name for o in options_table.OPTIONS if o.config and f"| `{o.name}` |" not in section]
     assert not missing, f"config/README.md's extractors table lacks {missing}"
+
+
+def test_workers_default_to_auto_and_take_auto_or_a_count():
+    """`auto`: the job picks its decoding workers from its cores when it runs (engine/cores.py)."""
+    assert parse("--images", "d", "--out", "o.h5", preset=DETECTOR).workers == "auto"
+    assert parse("--images", "d", "--out", "o.h5", preset=DETECTOR, workers="auto").workers == "auto"
+    assert parse("--images", "d", "--out", "o.h5", preset=DETECTOR, workers=3).workers == 3
+    with pytest.raises(SystemExit):
+        parse("--images", "d", "--out", "o.h5", preset=DETECTOR, workers="many")
+    assert validate_config(config({"preset": DETECTOR}), SCHEMA)["extractors"]["inst"]["workers"] == "auto"
+    for good in ("auto", 0, 5):
+        assert validate_config(config({"preset": DETECTOR, "workers": good}), SCHEMA)["extractors"]["inst"]["workers"] == good
+    for bad in ("many", -1, True, 2.5):
+        with pytest.raises(ConfigError, match=r"^config: extractors\.inst\.workers: "):
+            validate_config(config({"preset": DETECTOR, "workers": bad}), SCHEMA)

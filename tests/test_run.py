@@ -1,4 +1,5 @@
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -101,6 +102,38 @@ def test_kill_and_resume_gives_identical_file(sample_dir, tmp_path):
     assert not parts.exists()
     r = subprocess.run(args + ["--out", str(out)], check=True, capture_output=True, text=True)
     assert "nothing to do" in r.stderr
+
+
+@pytest.mark.parametrize("workers", ["auto", "1"])
+def test_ctrl_c_ends_in_one_line_keeps_the_parts_and_the_rerun_resumes(sample_dir, tmp_path, workers):
+    """Ctrl-C reaches the whole foreground process group (DataLoader workers too), between two flushed batches.
+    The child runs on one core, so `auto` is 0 workers, and its log says so."""
+    lst = tmp_path / "list.txt"
+    items = folder_items(sample_dir)
+    lst.write_text("".join(f"{i.image_id}\t{i.path}\n" for i in items))
+    out = tmp_path / "o.h5"
+    args = [sys.executable, "-m", "visfeat", "extract", "--preset", "effnet-lite0", "--list", str(lst), "--root",
+            str(sample_dir), "--batch-size", "2", "--device", "cpu", "--workers", workers, "--out", str(out)]
+    one = min(os.sched_getaffinity(0))
+    env = {**os.environ, **throttled_env(tmp_path / "throttle", 1.0)}
+    p = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         start_new_session=True, preexec_fn=lambda: os.sched_setaffinity(0, {one}))
+    parts = tmp_path / "o.h5.parts"
+    deadline = time.time() + 120
+    while len(list(parts.glob("b*.npz"))) < 2 and time.time() < deadline:
+        time.sleep(0.1)
+    os.killpg(p.pid, signal.SIGINT)
+    _, err = p.communicate(timeout=60)
+    flushed = len(list(parts.glob("b*.npz")))
+    assert p.returncode == 130 and "Traceback" not in err, err
+    assert err.splitlines()[-1] == (f"visfeat extract: interrupted after {2 * flushed} of {len(items)} images; "
+                                    "rerun the same command to resume")
+    assert ("workers auto -> 0 (1 core)" if workers == "auto" else "1 workers") in err
+    assert re.search(rf"\[effnet-lite0\] 2/{len(items)} images \(\S+%\) \S+ img/s, \d+:\d\d:\d\d left", err), err
+    assert 2 <= flushed < len(items) // 2 and not out.exists()
+    r = subprocess.run(args, capture_output=True, text=True, check=True)
+    assert f"resuming after {2 * flushed} images" in r.stderr
+    assert len(visfeat.open(out)) == len(items) and not parts.exists()
 
 
 def test_after_flush_hook_runs_once_each_batch_is_on_disk(sample_dir, tmp_path, monkeypatch):

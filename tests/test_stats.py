@@ -40,3 +40,19 @@ def test_throughput_is_the_extraction_stats(sample_dir, tmp_path):
 
     extract("3")  # the same store again: found up to date, it measured nothing
     assert json.loads((logs / "3.stats.json").read_text())["skipped"] and throughput([logs / "3.log"]) == []
+
+
+def test_done_line_names_the_failed_images(bad_dir, tmp_path):
+    """`visfeat extract`'s last line names the images that failed and where to read every reason, and the parser
+    still reads its counts."""
+    folder, cases = bad_dir
+    out = tmp_path / "bad.h5"
+    p = subprocess.run([sys.executable, "-m", "visfeat", "extract", "--preset", "effnet-lite0", "--device", "cpu",
+                        "--workers", "0", "--images", str(folder), "--out", str(out)], capture_output=True,
+                       text=True, check=True, env={**os.environ, "PYTHONPATH": str(REPO / "src")})
+    last = p.stderr.strip().splitlines()[-1]
+    failed = [i for i, _ in visfeat.open(out).failed]  # in store order
+    assert sorted(failed) == sorted(i for i, reason in cases.items() if reason)
+    assert f"{len(failed)} failed ({', '.join(failed)}; visfeat inspect {out})" in last
+    m = DONE_LINE.search(last)
+    assert m and int(m["failed"]) == len(failed) and int(m["images"]) == len(cases) - len(failed)

@@ -1,4 +1,4 @@
-"""`source: urls`: real img2dataset (.venv-img2dataset, `make setup`) downloading real photos from 127.0.0.1, with a
+"""`source: urls`: real img2dataset (.venv-img2dataset, `make setup-urls`) downloading real photos from 127.0.0.1, with a
 dead URL (404), a page that is no image and one that times out (issue 17)."""
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ TIMEOUT = 1  # img2dataset --timeout (seconds); the slow URL answers after 3
 @pytest.fixture
 def img2dataset():
     if not IMG2DATASET.exists():
-        pytest.skip(".venv-img2dataset is absent (`make setup` creates it: img2dataset needs pandas<3)")
+        pytest.skip(".venv-img2dataset is absent (`make setup-urls` creates it: img2dataset needs pandas<3)")
     return str(IMG2DATASET)
 
 

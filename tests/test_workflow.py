@@ -49,6 +49,11 @@ def test_default_run_classifies_like_the_model(default_run):
     assert int(ex.model.classifier(torch.from_numpy(s["chelsea"]["global"])).argmax()) == 285
 
 
+def test_default_run_ends_with_what_it_wrote(default_run):
+    _, p = default_run
+    assert p.stdout.endswith("visfeat: this run wrote\n  results/sample/effnet-lite0.h5: 8 images, 0 failed\n")
+
+
 def test_plain_commands_work_as_typed(default_run):
     wd, _ = default_run
     assert "Nothing to be done" in snakemake(wd, "-n", "all_features").stdout + snakemake(wd, "-n", "all_features").stderr
@@ -148,6 +153,21 @@ def test_rerun_does_nothing_and_one_shard_reruns(clip_run):
     shard.unlink()
     p = snakemake(wd, str(shard.relative_to(wd)))
     assert shard.exists() and "rule extract" in p.stdout + p.stderr
+
+
+def test_end_of_run_names_the_stores_written_and_their_failures(clip_run):
+    """The Snakefile's onsuccess: each store the run wrote, its image count and its failed ids (a shard only as a
+    target of its own); a run with nothing to do prints nothing."""
+    wd = clip_run
+    store, shard = "results/odd/clip-vit-b32.h5", "results/odd/clip-vit-b32/shards/0.h5"
+    (wd / shard).unlink()
+    out = snakemake(wd, shard).stdout
+    assert f"this run wrote\n  {shard}: 7 images, 4 failed (" in out and store not in out
+    out = snakemake(wd, store).stdout  # the merge, its shard being newer
+    failed = [i for i, _ in visfeat.open(wd / store).failed]
+    assert len(failed) == 4 and len(visfeat.open(wd / store)) == 7
+    assert f"visfeat: this run wrote\n  {store}: 7 images, 4 failed ({', '.join(failed)}; visfeat inspect {store})\n" in out
+    assert shard not in out and "this run wrote" not in snakemake(wd, store).stdout  # then nothing to be done
 
 
 def test_killed_extraction_job_resumes_to_identical_file(clip_run, tmp_path):

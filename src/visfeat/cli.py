@@ -7,17 +7,14 @@ from pathlib import Path
 
 
 def cmd_presets(a) -> int:
+    from visfeat.extractors.cards import card, entry, find
     from visfeat.extractors.registry import PRESETS, presets
 
+    if a.preset:
+        print("\n".join(card(p) for p in find(a.preset)), end="")
+        return 0
     for name in presets():
-        p = PRESETS[name]
-        if a.names:
-            print(name)
-            continue
-        w = p.weights_note or ", ".join(f"{wf.filename} <{wf.url}>" for wf in p.weights)
-        tags = ", ".join((f"env {p.env}",) + p.capabilities)
-        print(f"{name}  [{tags}]\n  {p.summary}\n  fields: {p.fields}\n  weights: {w}\n"
-              f"  source: {p.source}\n  licence: {p.license}\n  cite: {p.citation}\n")
+        print(name if a.names else entry(PRESETS[name]))
     return 0
 
 
@@ -110,7 +107,13 @@ def cmd_fetch_weights(a) -> int:
     from visfeat.extractors.registry import get_preset
     from visfeat.extractors.weights import fetch
 
+    from visfeat.extractors.hub import HUB_PRESETS, fetch_preset_file
+
     p = get_preset(a.preset)
+    if p.name in HUB_PRESETS:  # the hub file the path names: {root}/{preset}/{model}/{tag}/{file}
+        fetch_preset_file(p.name, a.dest, url=a.url)
+        print(f"weights ready: {a.dest}")
+        return 0
     if not p.weights:
         print(f"preset {a.preset} needs no download ({p.weights_note})")
         return 0
@@ -200,8 +203,10 @@ def cmd_show(a) -> int:
 def cmd_text(a) -> int:
     from visfeat.engine.text import embed_captions
 
+    from visfeat.engine.request import parse_set
+
     n = embed_captions(a.preset, a.captions, a.out, weights=a.weights, device=a.device, amp=a.amp,
-                       batch_size=a.batch_size)
+                       batch_size=a.batch_size, options=parse_set(a.set))
     print(f"{n} captions embedded -> {a.out}")
     return 0
 
@@ -218,7 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=__import__("visfeat").__version__)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    p = sub.add_parser("presets", help="list presets: conda env, capabilities, fields, weights, licence, citation")
+    p = sub.add_parser("presets", help="list presets: conda env, capabilities, fields, weights, licence, citation; "
+                       "with names, each one's card (fields, options with types and defaults, weights)")
+    p.add_argument("preset", nargs="*", help="presets to print in full (default: list every preset)")
     p.add_argument("--names", action="store_true", help="names only")
     p.set_defaults(func=cmd_presets)
 
@@ -369,15 +376,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_weights_root(p)
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("show", help="draw one image's boxes (or its grid) to a PNG")
+    p = sub.add_parser("show", help="draw one image's boxes or grid cells (and a classifier's top-5 classes) to a PNG")
     p.add_argument("file")
     p.add_argument("image_id")
-    p.add_argument("--root", help="the dataset root the store's image_path is relative to")
+    p.add_argument("--root", help="the dataset root the store's image_path is relative to (a webdataset or urls "
+                                  "source: its results/DATASET/manifest.parquet); needed unless the store is imported")
     p.add_argument("--out", help="PNG path (default: IMAGE_ID.png)")
     add_weights_root(p)
     p.set_defaults(func=cmd_show)
 
-    p = sub.add_parser("text", help="CLIP text embeddings of captions (Karpathy dataset_*.json or a text file)")
+    p = sub.add_parser("text", help="text embeddings of captions (Karpathy dataset_*.json or a text file) by a "
+                       "preset with a text tower (CLIP, openclip)")
     p.add_argument("--preset", required=True)
     p.add_argument("--weights")
     p.add_argument("--captions", required=True)
@@ -385,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "cuda"])
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--amp", action="store_true")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="preset option (YAML value), as for extract")
     p.set_defaults(func=cmd_text)
     return ap
 
@@ -400,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"visfeat {args.cmd}: error: {msg}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C: one line (an extraction's says how to resume), the shell's 128 + SIGINT
+        print(f"visfeat {args.cmd}: {e or 'interrupted'}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ VISFEAT_SRC = str(Path(workflow.basedir) / "src")
 if VISFEAT_SRC not in sys.path:
     sys.path.insert(0, VISFEAT_SRC)
 
-from visfeat.workflow.config import ConfigError, load_registry, validate_config
-from visfeat.extractors.registry import get_preset
+from visfeat.workflow.config import ConfigError, load_registry, preset_options, validate_config
+from visfeat.extractors.hub import preset_file
+from visfeat.extractors.registry import get_preset, resolve_options
 from visfeat.workflow.args import WorkflowArgs
 
 
@@ -34,7 +35,9 @@ R = config["results"]
 RES = config["resources"]
 DATASETS = config["datasets"]
 EXTRACTORS = config["extractors"]
-_VISFEAT = f"PYTHONPATH={shlex.quote(VISFEAT_SRC)}${{PYTHONPATH:+:$PYTHONPATH}} python -m visfeat"
+# HF_HUB_OFFLINE: jobs never reach the hub through the libraries (open_clip, timm); weights come from the
+# fetch_weights localrule, which downloads with visfeat's own downloader
+_VISFEAT = f"HF_HUB_OFFLINE=1 PYTHONPATH={shlex.quote(VISFEAT_SRC)}${{PYTHONPATH:+:$PYTHONPATH}} python -m visfeat"
 
 
 def visfeat(command, log="{log}"):
@@ -80,6 +83,9 @@ def preset_weights(extractor):
     if "weights" in inst:
         return [inst["weights"]]
     p = get_preset(inst["preset"])
+    hub = preset_file(p.name, resolve_options(p.name, preset_options(inst)), f"{RES}/weights")
+    if hub:  # a hub-named preset (openclip, timm): the hub file of its model/tag options (extractors/hub.py)
+        return [hub]
     return [f"{RES}/weights/{p.name}/{wf.filename}" for wf in p.weights]
 
 

@@ -1,3 +1,6 @@
+from visfeat.engine.cores import job_threads
+
+
 rule extract:
     # One GPU job per shard; it reads its slice of the manifest itself (datasets.shard_of), so a dataset of N
     # shards plans N extraction jobs and no job per shard list. Resume state lives in {output}.parts/ beside the
@@ -17,7 +20,8 @@ rule extract:
         # store so that its bytes stay reproducible
         log="logs/extract/{dataset}/{extractor}/{i}.log",
         stats="logs/extract/{dataset}/{extractor}/{i}.stats.json",
-    threads: lambda wc: EXTRACTORS[wc.extractor]["workers"] + 1
+    # the decoding workers + the main process; `workers: auto`: the cores engine/cores.py job_threads says
+    threads: lambda wc: job_threads(EXTRACTORS[wc.extractor]["workers"])
     resources:
         gpu=1,
     conda:

@@ -8,6 +8,7 @@ rule text_embeddings:
         f"{R}/text/{{name}}/{{extractor}}.h5",
     params:
         preset=lambda wc: EXTRACTORS[wc.extractor]["preset"],
+        options=lambda wc: ARGS.text(wc.extractor),
     log:
         "logs/text_embeddings/{name}/{extractor}.log",
     resources:
@@ -15,4 +16,5 @@ rule text_embeddings:
     conda:
         get_extract_env
     shell:
-        visfeat("text --preset {params.preset} --weights {input.weights} --captions {input.captions} --out {output}")
+        visfeat("text --preset {params.preset} {params.options} --weights {input.weights} --captions {input.captions} "
+                "--out {output}")

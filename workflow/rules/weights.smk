@@ -3,6 +3,8 @@ rule fetch_weights:
     # is (Snakemake sees it exists); offline, the error names the file and where to put it.
     output:
         f"{RES}/weights/{{preset}}/{{filename}}",
+    wildcard_constraints:
+        preset=r"[^/]+",  # a hub-named preset's file is {model}/{tag}/{file} below it (extractors/hub.py)
     params:
         url=lambda wc: ARGS.weights_url(wc.preset, wc.filename),
     log:

@@ -1,10 +1,12 @@
 """Figures that show whether features are sane before anyone trains on them (matplotlib, no display).
 
-`feature_report`: per dataset x extractor: sample images (with boxes and labels when the store has regions),
-feature norms (and boxes per image for region stores), failures by reason, and images/s per shard from the
-extraction jobs' measurements (engine/stats.py `throughput`, given as data). `kmeans_report`: objective per
-iteration, cluster sizes, and images with their grid cells coloured by code. `show`: one image's boxes (or grid)
-to a PNG.
+`feature_report`: per dataset x extractor: sample images (with boxes and labels when the store has regions, the
+grid cells where it has a grid), feature norms (and boxes per image for region stores), the most frequent classes
+(region classes and attributes, or a classifier's top-1 classes), failures by reason, and images/s per shard from
+the extraction jobs' measurements (engine/stats.py `throughput`, given as data). `kmeans_report`: objective per
+iteration, cluster sizes, and images with their grid cells coloured by code. `show`: one image's boxes or grid
+cells, and a classifier's top-5 classes, to a PNG; an image it cannot read is an error saying what to pass (a grey
+canvas would look like a result).
 """
 from __future__ import annotations
 
@@ -18,10 +20,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from visfeat.extractors.vocab import WEIGHTS_ROOT  # noqa: E402
+from visfeat.extractors.vocab import WEIGHTS_ROOT, logit_words  # noqa: E402
 from visfeat.sources.images import ImageError, load_image, load_tar_member  # noqa: E402
 from visfeat.store.format import IMAGE_HW, IMAGE_ID, IMAGE_PATH, Attr, offsets_name  # noqa: E402
 from visfeat.store.reader import FeatureStore  # noqa: E402
+
+
+GRID_COLOR = "#00ffff"  # the grid cells' lines: pure cyan, rare in photos
+BAR_COLOR = "tab:cyan"  # class bars (classes.png, show)
+SAMPLED_ROWS = 20000  # rows a whole-store figure reads (norms, top-1 classes): enough to see, bounded in time
+TOP_CLASSES = 5  # classes `show` names for a classifier's image
 
 
 @functools.lru_cache(maxsize=4)
@@ -33,17 +41,44 @@ def _tar_members(manifest: str) -> dict[str, tuple[str, int, int]]:
     return {i: (t, int(o), int(n)) for i, t, o, n in zip(df["image_id"], df["tar"], df["offset"], df["bytes"]) if o >= 0}
 
 
-def _image(root: str | None, store: FeatureStore, i: int):
-    """The image of row i, to draw under its features: `root` is the dataset root, or for a tar source its
-    manifest.parquet (the image is read in place from its tar). None when it cannot be read."""
+def _root_hint(store: FeatureStore) -> str:
+    """What to pass as --root for this store: the tar source's manifest when one lies beside it (the workflow's
+    results/DATASET/), else the dataset root."""
+    beside = Path(store.path).parent / "manifest.parquet"
+    if beside.is_file():
+        import pyarrow.parquet as pq
+
+        if "tar" in pq.read_schema(beside).names:
+            return f"--root {beside} (its tar source's manifest)"
+    return ("--root DATASET_ROOT, the folder its image paths are relative to (a webdataset or urls source: "
+            "--root results/DATASET/manifest.parquet)")
+
+
+def read_image(root: str | None, store: FeatureStore, i: int):
+    """The image of row i: `root` is the dataset root, or for a tar source its manifest.parquet (the image is read
+    in place from its tar). None for an imported store, which names no image files. Raises FileNotFoundError (one
+    line saying what to pass) when the image is not there, ImageError when it does not decode."""
     rel = store.h5[IMAGE_PATH].asstr()[i]
-    if root is None or not rel:  # imported (published) stores carry no image paths
+    if not rel:  # imported (published) stores carry no image paths
         return None
+    image_id = store.h5[IMAGE_ID].asstr()[i]
+    if root is None:
+        raise FileNotFoundError(f"{image_id} is {rel} under its dataset root: pass {_root_hint(store)}")
+    if root.endswith(".parquet"):
+        member = _tar_members(root).get(image_id)
+        if member is None:
+            raise FileNotFoundError(f"{image_id} is not in {root}: pass {_root_hint(store)}")
+        return load_tar_member(*member)
+    path = Path(root) / rel
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: pass {_root_hint(store)}")
+    return load_image(path)
+
+
+def _image(root: str | None, store: FeatureStore, i: int):
+    """`read_image`, or None when it cannot be read: the report draws what it can of every store."""
     try:
-        if root.endswith(".parquet"):
-            member = _tar_members(root).get(store.h5[IMAGE_ID].asstr()[i])
-            return load_tar_member(*member) if member else None
-        return load_image(Path(root) / rel)
+        return read_image(root, store, i)
     except (ImageError, OSError, KeyError, ValueError):
         return None
 
@@ -78,21 +113,39 @@ def _word(line: str) -> str:
     return line.split(",")[0]
 
 
-def _draw(ax, store: FeatureStore, i: int, root: str | None, words, max_boxes: int = 10) -> None:
+def top_classes(logits: np.ndarray, names, k: int = TOP_CLASSES) -> list[tuple[str, float]]:
+    """The k most probable classes of one image (softmax of its logits), named when the preset ships names."""
+    z = logits.astype(np.float64)
+    p = np.exp(z - z.max())
+    p /= p.sum()
+    return [(_word(names[j]) if names else f"class {j}", float(p[j])) for j in np.argsort(-p, kind="stable")[:k]]
+
+
+def _grid_cells(ax, config: dict, cells: tuple[int, int], h: int, w: int) -> None:
+    """The grid's cells over the image, where the preset's crop puts them (`grid_extent`)."""
+    x0, x1, y1, y0 = grid_extent(config, h, w)
+    gh, gw = cells
+    ax.vlines(np.linspace(x0, x1, gw + 1), y0, y1, colors=GRID_COLOR, lw=1)
+    ax.hlines(np.linspace(y0, y1, gh + 1), x0, x1, colors=GRID_COLOR, lw=1)
+
+
+def _draw(ax, store: FeatureStore, i: int, img, words, names, max_boxes: int = 10) -> None:
+    """Row i over its image (`img`; None: a grey canvas of its size): boxes with labels, or the grid cells;
+    the title says a classifier's top class."""
     row = store.row(i)
-    image_id = store.ids[i]
-    img = _image(root, store, i)
-    if img is not None:
-        ax.imshow(img)
-    else:
-        h, w = row[IMAGE_HW]
-        ax.imshow(np.full((max(h, 1), max(w, 1), 3), 230, np.uint8))
+    h, w = (int(v) for v in row[IMAGE_HW])
+    ax.imshow(img if img is not None else np.full((max(h, 1), max(w, 1), 3), 230, np.uint8))
     if "boxes" in row:
         for k, (x1, y1, x2, y2) in enumerate(row["boxes"][:max_boxes]):
             ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.5, color="yellow"))
             label = _label(row, k, words)
             ax.text(x1, y1, label, color="black", fontsize=6, bbox={"facecolor": "yellow", "pad": 1, "lw": 0})
-    ax.set_title(f"{image_id} {tuple(int(v) for v in row[IMAGE_HW])}", fontsize=7)
+    elif "grid" in row and row["grid"].ndim == 3:
+        _grid_cells(ax, store.config, row["grid"].shape[:2], h, w)
+        ax.set_xlim(0, w)
+        ax.set_ylim(h, 0)
+    top = f": {top_classes(row['logits'], names, 1)[0][0]}" if "logits" in row else ""
+    ax.set_title(f"{store.h5[IMAGE_ID].asstr()[i]} {(h, w)}{top}", fontsize=7)
     ax.axis("off")
 
 
@@ -112,6 +165,7 @@ def feature_report(store_path: str, out_dir: str, root: str | None = None,
     name = f"{s.attrs.get(Attr.EXTRACTOR, '')} ({s.attrs.get(Attr.PRESET, '')})"
     n = len(s)
     words = _words(s, weights_root)
+    class_names = logit_words(str(s.attrs.get(Attr.PRESET, "")))
     paths = []
 
     cols = 4
@@ -121,14 +175,14 @@ def feature_report(store_path: str, out_dir: str, root: str | None = None,
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, picks):
-        _draw(ax, s, int(i), root, words)
+        _draw(ax, s, int(i), _image(root, s, int(i)), words, class_names)
     fig.suptitle(f"{name}: sample images")
     paths.append(out / "samples.png")
     _save(fig, paths[-1])
 
     names = {sp.name for sp in s.specs}
     field = "global" if "global" in names else ("features" if "features" in names else s.specs[0].name)
-    data = s.h5[field][: min(n, 20000) if field != "features" else None]
+    data = s.h5[field][: min(n, SAMPLED_ROWS) if field != "features" else None]
     vecs = data.reshape(-1, data.shape[-1]) if data.ndim > 1 else data[:, None]
     norms = np.linalg.norm(vecs.astype(np.float32), axis=1) if len(vecs) else np.zeros(0)
     boxes = next((offsets_name(sp.ragged) for sp in s.specs if sp.name == "boxes" and sp.ragged), None)
@@ -142,7 +196,7 @@ def feature_report(store_path: str, out_dir: str, root: str | None = None,
     paths.append(out / "norms.png")
     _save(fig, paths[-1])
 
-    paths.append(_classes(s, out / "classes.png", words))
+    paths.append(_classes(s, out / "classes.png", words, class_names))
 
     failed = s.failed
     fig, ax = plt.subplots(figsize=(6, 3))
@@ -173,21 +227,40 @@ def feature_report(store_path: str, out_dir: str, root: str | None = None,
     return paths
 
 
-def _classes(s: FeatureStore, path: Path, words, top: int = 20) -> Path:
-    """The most frequent object classes and attributes over all boxes (region stores)."""
-    names = {sp.name for sp in s.specs}
-    if "obj_id" not in names:
+def _top1_classes(s: FeatureStore, names, top: int) -> tuple[list[tuple[str, int]], int]:
+    """The most frequent top-1 classes of a classifier's `logits` over the first SAMPLED_ROWS images, and how many
+    images that is; read in blocks, so a large store's logits are never in memory at once."""
+    n = min(len(s), SAMPLED_ROWS)
+    counts = Counter()
+    for a in range(0, n, 4096):
+        counts.update(np.argmax(s.h5["logits"][a:min(a + 4096, n)], axis=1).tolist())
+    return [(_word(names[j]) if names else f"class {j}", c) for j, c in counts.most_common(top)], n
+
+
+def _classes(s: FeatureStore, path: Path, words, names, top: int = 20) -> Path:
+    """The most frequent object classes and attributes over all boxes (region stores), or a classifier's most
+    frequent top-1 classes (stores with `logits`)."""
+    fields = {sp.name for sp in s.specs}
+    if "obj_id" not in fields and "logits" in fields:
+        counts, n = _top1_classes(s, names, top)
+        fig, ax = plt.subplots(figsize=(6, 0.25 * max(len(counts), 8) + 1.2))
+        ax.barh([c for c, _ in counts][::-1], [k for _, k in counts][::-1], color=BAR_COLOR)
+        ax.set(title=f"top {len(counts)} top-1 classes ({n} of {len(s)} images)", xlabel="images")
+        ax.tick_params(axis="y", labelsize=7)
+        _save(fig, path)
+        return path
+    if "obj_id" not in fields:
         fig, ax = plt.subplots(figsize=(6, 2))
-        ax.text(0.5, 0.5, "no regions in this store (no classes or attributes)", ha="center", va="center")
+        ax.text(0.5, 0.5, "no regions or classes in this store", ha="center", va="center")
         ax.axis("off")
         _save(fig, path)
         return path
-    panels = [("obj_id", "object classes", 0)] + ([("attr_id", "attributes", 1)] if "attr_id" in names else [])
+    panels = [("obj_id", "object classes", 0)] + ([("attr_id", "attributes", 1)] if "attr_id" in fields else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 0.25 * top + 1.2), squeeze=False)
     for ax, (field, title, w) in zip(axes.flat, panels):
         counts = Counter(i for i in s.h5[field][()].tolist() if i >= 0).most_common(top)  # -1: none (VinVL)
         labels = [_word(words[w][i]) if words else str(i) for i, _ in counts]
-        ax.barh(labels[::-1], [c for _, c in counts][::-1], color="tab:cyan")
+        ax.barh(labels[::-1], [c for _, c in counts][::-1], color=BAR_COLOR)
         ax.set(title=f"top {len(counts)} {title} ({len(s.h5[field])} boxes)", xlabel="boxes")
         ax.tick_params(axis="y", labelsize=7)
     _save(fig, path)
@@ -256,10 +329,22 @@ def kmeans_report(centroids_h5: str, codes_store: str | None, out_dir: str, root
 
 def show(store_path: str, image_id: str, out: str, root: str | None = None,
          weights_root: str = WEIGHTS_ROOT) -> Path:
+    """One image's boxes or grid cells to `out`, beside a classifier's top-5 classes (also printed). An image that
+    cannot be read raises (read_image): only an imported store, which names no image files, is drawn on grey."""
     s = FeatureStore(store_path)
     if image_id not in s:
         raise KeyError(f"{image_id!r} is not in {store_path}")
-    fig, ax = plt.subplots(figsize=(6, 6))
-    _draw(ax, s, s.index[image_id], root, _words(s, weights_root), max_boxes=100)
+    i = s.index[image_id]
+    img = read_image(root, s, i)
+    row = s.row(i)
+    names = logit_words(str(s.attrs.get(Attr.PRESET, "")))
+    top = top_classes(row["logits"], names) if "logits" in row else []
+    fig, axes = plt.subplots(1, 2 if top else 1, figsize=(10 if top else 6, 6), squeeze=False,
+                             gridspec_kw={"width_ratios": [3, 2]} if top else None)
+    _draw(axes[0, 0], s, i, img, _words(s, weights_root), names, max_boxes=100)
+    if top:
+        print(f"[visfeat] {image_id}: top-{len(top)} classes: " + ", ".join(f"{c} {p:.2f}" for c, p in top))
+        axes[0, 1].barh([c for c, _ in top][::-1], [p for _, p in top][::-1], color=BAR_COLOR)
+        axes[0, 1].set(title=f"top-{len(top)} classes", xlabel="probability", xlim=(0, 1))
     _save(fig, Path(out))
     return Path(out)

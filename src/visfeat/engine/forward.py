@@ -2,11 +2,12 @@
 failing the job, and the CPU thread split between decoding and the model (`model_threads`)."""
 from __future__ import annotations
 
-import os
 import sys
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from visfeat.engine.cores import usable_cores
 
 if TYPE_CHECKING:  # torch is imported only where a model runs: a rerun with nothing to extract never loads it
     from visfeat.extractors.base import Extractor
@@ -52,4 +53,4 @@ def model_threads(extractor: Extractor, workers: int) -> int:
 
     if extractor.device.type != "cpu":
         return torch.get_num_threads()
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return usable_cores()

@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from visfeat.engine.cores import AUTO
 from visfeat.version import __version__
 
 _JSON_TYPES = {str: "string", int: "integer", bool: "boolean"}
@@ -38,6 +39,7 @@ class InstanceOption:
     config: bool = True  # a key of a config `extractors:` entry (the instance name is the entry's own key)
     unset: str | None = None  # the config value standing for the flag left out (device: auto)
     required: bool = False  # the flag must be given (a config entry's preset defaults to the instance name)
+    auto: bool = False  # also takes `auto` (cores.AUTO), a value the job picks when it runs (workers: cores.py)
 
     @property
     def flag(self) -> str:
@@ -53,7 +55,8 @@ OPTIONS: tuple[InstanceOption, ...] = (
     InstanceOption("weights", help="weights file (default: resources/weights/{preset}/ or the shipped file)",
                    schema={"description": "a local weights file used as is (default: resources/weights/{preset}/)"}),
     InstanceOption("batch_size", int, 8, schema={"minimum": 1}),
-    InstanceOption("workers", int, 2, help="DataLoader workers decoding images", schema={"minimum": 0}),
+    InstanceOption("workers", int, AUTO, help="DataLoader workers decoding images (auto: 0 on up to 4 cores, "
+                   "else all but 2 of the cores the job may use)", schema={"minimum": 0}, auto=True),
     InstanceOption("dtype", default="float32", choices=("float32", "float16"), help="storage dtype", digest=True,
                    digest_key="storage_dtype"),
     InstanceOption("compression", default="none", choices=("none", "gzip", "lzf"), digest=True),
@@ -75,6 +78,8 @@ def schema_properties() -> dict[str, dict]:
     out = {}
     for o in (o for o in OPTIONS if o.config):
         prop: dict[str, Any] = {"type": _JSON_TYPES[o.type]}
+        if o.auto:  # the keywords of `type` hold for its values only (minimum: numbers): the one string is auto
+            prop = {"type": [prop["type"], "string"], "pattern": f"^{AUTO}$"}
         if o.choices:
             prop["enum"] = [o.unset, *o.choices] if o.unset is not None else list(o.choices)
         default = o.default if o.unset is None else o.unset
@@ -90,8 +95,17 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         if o.type is bool:
             parser.add_argument(o.flag, action="store_true", help=o.help)
         else:
-            parser.add_argument(o.flag, type=o.type, default=o.default, choices=o.choices, required=o.required,
-                                help=o.help)
+            parser.add_argument(o.flag, type=_or_auto(o.type) if o.auto else o.type, default=o.default,
+                                choices=o.choices, required=o.required, help=o.help)
+
+
+def _or_auto(kind: type):
+    """A flag's type taking `auto` besides values of `kind` (argparse names it in its error)."""
+    def parse(text: str):
+        return AUTO if text == AUTO else kind(text)
+
+    parse.__name__ = f"{kind.__name__} or {AUTO}"
+    return parse
 
 
 def command_args(values: Mapping[str, Any]) -> list[tuple[str, Any]]:

@@ -26,11 +26,12 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from visfeat.version import __version__
+from visfeat.engine.cores import AUTO, resolve_workers
 from visfeat.engine.forward import Forward, model_threads
 from visfeat.engine.items import Item, with_hashes
 from visfeat.engine.loaders import Collate, ImageSamples, InProcess, aspect_order, group_batches, identity
 from visfeat.engine.parts import Parts, pack, parts_signature
-from visfeat.engine.request import ExtractRequest, RequestError
+from visfeat.engine.request import OPTIONS, ExtractRequest, RequestError
 from visfeat.engine.reuse import PreviousStore, extractor_signature
 from visfeat.engine.stats import done_line
 from visfeat.store.format import Attr, FieldSpec, specs_from_json
@@ -53,12 +54,18 @@ def expected_bytes(specs: list[FieldSpec], n_images: int, storage_dtype: str, ro
     return per * n_images
 
 
-class _Progress:
-    """tqdm on a terminal; plain lines (every 10 s and at the end) in logs."""
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C during an extraction, its flushed batches kept: the message says how far it got and how to go on
+    (the command line prints it as its one line)."""
 
-    def __init__(self, total: int, initial: int, desc: str):
+
+class _Progress:
+    """tqdm on a terminal; in logs, plain lines with the rate and the time left, every `every` seconds and at
+    the end (a log read by `tail` or the Snakemake console should show life without flooding)."""
+
+    def __init__(self, total: int, initial: int, desc: str, every: float = 10.0):
         self.total, self.n, self.t0, self.start = total, initial, time.time(), initial
-        self.last = 0.0
+        self.last, self.every = 0.0, every  # the first batch is reported at once
         self.bar = None
         if sys.stderr.isatty():
             from tqdm import tqdm
@@ -70,15 +77,25 @@ class _Progress:
         self.n += k
         if self.bar is not None:
             self.bar.update(k)
-        elif time.time() - self.last >= 10 or self.n == self.total:
+        elif time.time() - self.last >= self.every or self.n == self.total:
             self.last = time.time()
             rate = (self.n - self.start) / max(1e-9, time.time() - self.t0)
             print(f"[{self.desc}] {self.n}/{self.total} images ({100 * self.n / max(1, self.total):.1f}%) "
-                  f"{rate:.2f} img/s", file=sys.stderr, flush=True)
+                  f"{rate:.2f} img/s, {_eta(self.total - self.n, rate)} left", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def _eta(remaining: int, rate: float) -> str:
+    """The time `remaining` images take at `rate` img/s, as h:mm:ss ("?" before a rate is known)."""
+    if remaining <= 0:
+        return "0:00:00"
+    if rate <= 0:
+        return "?"
+    s = round(remaining / rate)
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
 
 
 def run_extraction(
@@ -86,7 +103,7 @@ def run_extraction(
     items: list[Item],
     out: str | os.PathLike,
     batch_size: int = 8,
-    workers: int = 2,
+    workers: int | str = AUTO,
     name: str | None = None,
     storage_dtype: str = "float32",
     compression: str | None = None,
@@ -94,7 +111,8 @@ def run_extraction(
     request: str = "",
 ) -> dict[str, Any]:
     """Extract `items` into the store `out`, reusing a previous `out`'s rows of unchanged images (module doc);
-    resumes from `{out}.parts/`; returns counts and timing. `extractor` may be a function building it: then it is
+    resumes from `{out}.parts/`; returns counts and timing. `workers`: a count, or `auto` (engine/cores.py).
+    Ctrl-C raises Interrupted, the flushed batches kept. `extractor` may be a function building it: then it is
     built only when something needs the model and the previous store was made by another `request`
     (request.request_digest)."""
     out = Path(out)
@@ -149,15 +167,18 @@ def run_extraction(
         if prev is not None:
             prev.close()
     res = {"images": n_ok, "failed": n_failed, "reused": len(reused), **res}
-    print(done_line(res), file=sys.stderr, flush=True)
+    print(done_line(res, out), file=sys.stderr, flush=True)
     return res
 
 
 def extract(req: ExtractRequest) -> dict[str, Any]:
     """Run a `visfeat extract` request: its items, their given boxes, its digest, then run_extraction, which
     builds the extractor only when an image needs the model (an incremental rerun may need none)."""
+    from visfeat.extractors.registry import check_options
     from visfeat.sources.given_boxes import digest
 
+    # `--set` keys and value types before an image is read; an instance option given there names its flag
+    check_options(req.options["preset"], dict(req.preset_options), {o.name: o.flag for o in OPTIONS})
     items = request_items(req)
     boxes = given_boxes(req, items)
     o = req.options
@@ -218,9 +239,10 @@ def _attrs(preset: str, name: str, config: str, weights_sha256: str, compression
             Attr.REQUEST: request}
 
 
-def _extract(extractor: Extractor, items: list[Item], parts: Parts, batch_size: int, workers: int, name: str,
+def _extract(extractor: Extractor, items: list[Item], parts: Parts, batch_size: int, workers: int | str, name: str,
              storage_dtype: str, worker_start: str | None, out: Path, n_store: int) -> dict[str, Any]:
-    """Run the model over `items` into `parts` (resuming after its flushed batches)."""
+    """Run the model over `items` into `parts` (resuming after its flushed batches); Ctrl-C waits for the
+    batches being written and raises Interrupted."""
     from torch.utils.data import DataLoader
 
     from visfeat.engine.prefetch import prefetch
@@ -231,13 +253,14 @@ def _extract(extractor: Extractor, items: list[Item], parts: Parts, batch_size: 
         items = aspect_order(items, batch_size * 32, bool(opts.get("exif", True)))
     flushed, start = parts.scan()
     n = len(items)
+    workers, workers_said = resolve_workers(workers)
 
     need = expected_bytes(specs, n_store, storage_dtype)
     free = shutil.disk_usage(out.parent).free
     print(f"[visfeat] {extractor.preset}: {n} images -> {out} (expected size ~{need / 1e6:.1f} MB, "
           f"free disk {free / 1e9:.1f} GB); fields: {extractor.describe()}", file=sys.stderr, flush=True)
     print(f"[visfeat] device {extractor.device} (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '')}), "
-          f"batch {batch_size}, {workers} workers, {model_threads(extractor, workers)} model threads", file=sys.stderr,
+          f"batch {batch_size}, {workers_said}, {model_threads(extractor, workers)} model threads", file=sys.stderr,
           flush=True)
     if 2 * need > free:
         raise OSError(f"not enough free disk for {out}: expected ~{need / 1e9:.2f} GB (x2 while assembling), "
@@ -269,40 +292,45 @@ def _extract(extractor: Extractor, items: list[Item], parts: Parts, batch_size: 
     import torch
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(model_threads(extractor, workers))  # restored after the loop
+    torch.set_num_threads(model_threads(extractor, workers))  # restored after the loop, however it ends
     t0 = time.time()
     k = len(flushed)
     timing = {"first_batch": 0.0, "wait_images": 0.0, "forward": 0.0, "wait_writer": 0.0}
     # one writer thread packs and flushes batch k while the model runs batch k+1; order is kept (one worker)
     pending: list = []
-    with ThreadPoolExecutor(max_workers=1) as writer:
-        it = prefetch(group_batches(iter(loader), batch_size, collate), extractor.device)  # CUDA: k+1 while k runs
-        while True:
+    try:
+        with ThreadPoolExecutor(max_workers=1) as writer:
+            it = prefetch(group_batches(iter(loader), batch_size, collate), extractor.device)  # CUDA: k+1 while k runs
+            while True:
+                t = time.perf_counter()
+                b = next(it, None)
+                timing["wait_images"] += time.perf_counter() - t
+                if not timing["first_batch"]:
+                    timing["first_batch"] = time.time() - t0
+                if b is None:
+                    break
+                t = time.perf_counter()
+                outs = fwd(b["batch"], len(b["ok"])) if b["ok"] else []
+                timing["forward"] += time.perf_counter() - t
+                t = time.perf_counter()
+                pending.append(writer.submit(lambda k=k, b=b, outs=outs: parts.write(k, pack(specs, items, b, outs))))
+                while len(pending) > 2 or (hook is not None and pending):
+                    pending.pop(0).result()
+                timing["wait_writer"] += time.perf_counter() - t
+                progress.update(b["n_items"])
+                if hook is not None:
+                    hook(k)
+                k += 1
             t = time.perf_counter()
-            b = next(it, None)
-            timing["wait_images"] += time.perf_counter() - t
-            if not timing["first_batch"]:
-                timing["first_batch"] = time.time() - t0
-            if b is None:
-                break
-            t = time.perf_counter()
-            outs = fwd(b["batch"], len(b["ok"])) if b["ok"] else []
-            timing["forward"] += time.perf_counter() - t
-            t = time.perf_counter()
-            pending.append(writer.submit(lambda k=k, b=b, outs=outs: parts.write(k, pack(specs, items, b, outs))))
-            while len(pending) > 2 or (hook is not None and pending):
-                pending.pop(0).result()
+            for f in pending:
+                f.result()
             timing["wait_writer"] += time.perf_counter() - t
-            progress.update(b["n_items"])
-            if hook is not None:
-                hook(k)
-            k += 1
-        t = time.perf_counter()
-        for f in pending:
-            f.result()
-        timing["wait_writer"] += time.perf_counter() - t
-    progress.close()
-    torch.set_num_threads(threads)
+    except KeyboardInterrupt:  # the writes under way have finished (the executor waited): the parts are whole
+        done = parts.scan()[1]
+        raise Interrupted(f"interrupted after {done} of {n} images; rerun the same command to resume") from None
+    finally:
+        progress.close()
+        torch.set_num_threads(threads)
     if isinstance(loader, InProcess):
         timing["decode_cpu"] = sum(loader.cpu)  # core-seconds (workers' are their processes' own)
     elapsed = time.time() - t0

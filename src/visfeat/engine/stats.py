@@ -3,8 +3,8 @@ log (`visfeat extract --stats`) and read back for the report's throughput figure
 
 They stay out of the store, whose bytes must not depend on how fast it was made (SOURCE_DATE_EPOCH). The log's
 done line says the same for a person; it is read back only for runs that wrote no stats file. Its format and its
-parser live here side by side, so that the line and what reads it cannot drift apart. Standard library only: the
-report runs in the CPU environment."""
+parser live here side by side, so that the line and what reads it cannot drift apart. Standard library only at
+import: the report runs in the CPU environment."""
 from __future__ import annotations
 
 import json
@@ -17,11 +17,18 @@ from typing import Any
 STATS_SUFFIX = ".stats.json"  # the extract rule (workflow/rules/extract.smk) writes {shard}.stats.json beside {shard}.log
 
 
-def done_line(res: dict[str, Any]) -> str:
-    """The extraction log's last line: `res` (run_extraction's result) for a person."""
+def done_line(res: dict[str, Any], out: str | os.PathLike | None = None) -> str:
+    """The extraction log's last line: `res` (run_extraction's result) for a person. With failures and the store
+    `out` it names the first failed ids and where to read them all (store/summary.py), after the counts that
+    DONE_LINE reads: an id may hold any character, so it goes where the parser never looks."""
+    failed = ""
+    if res["failed"] and out is not None:
+        from visfeat.store.summary import failed_text, read_summary
+
+        failed = "; " + failed_text(read_summary(out).failed, out)
     return (f"[visfeat] done: {res['images']} images, {res['failed']} failed, {res['reused']} reused, "
             f"{res['processed']} processed now in {res['seconds']:.1f} s "
-            f"({res['processed'] / max(res['seconds'], 1e-9):.2f} img/s); seconds: "
+            f"({res['processed'] / max(res['seconds'], 1e-9):.2f} img/s){failed}; seconds: "
             + ", ".join(f"{k} {v:.2f}" for k, v in res["timing"].items()))
 
 

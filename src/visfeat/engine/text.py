@@ -1,7 +1,8 @@
-"""CLIP text embeddings of captions, in a store of their own beside the image store.
+"""Text embeddings of captions by any preset with a text tower (`Preset.text`: the CLIP presets, `openclip`),
+in a store of their own beside the image store. Each extractor's `encode_text` tokenizes as its model does.
 
 Layout: `caption_id` (N,) utf-8 unique, `image_id` (N,), `caption` (N,), `text` (N, D) float32 (unnormalised,
-like OpenAI-CLIP-Feature clip_textual_feats.py); attributes as the image store (format `visfeat-text`).
+like the image store's `global`); attributes as the image store (format `visfeat-text`).
 Inputs: Karpathy's dataset_{coco,flickr30k}.json (caption id = sentid, image id = cocoid or the file stem), a
 text file of `image_id<TAB>caption` lines (caption id = `{image_id}#{k}`), or a dataset's manifest.parquet whose
 `txt` column holds each sample's caption (webdataset and urls sources, as img2dataset writes them; caption id =
@@ -51,15 +52,18 @@ def read_captions(path: str) -> list[tuple[str, str, str]]:
 
 
 def embed_captions(preset: str, captions: str, out: str, weights: str | None = None, device: str | None = None,
-                   amp: bool = False, batch_size: int = 256) -> int:
-    from visfeat.extractors.registry import get_preset, load_extractor
+                   amp: bool = False, batch_size: int = 256, options: dict | None = None) -> int:
+    """Embed every caption of `captions` with the preset's text tower (`options`: the preset's options, e.g.
+    an `openclip` extractor's model and tag) into the store `out`; returns the number of captions."""
+    from visfeat.extractors.registry import get_preset, load_extractor, presets
 
     if not get_preset(preset).text:
-        raise ValueError(f"text embeddings need a preset with a text tower (CLIP), not {preset!r}")
-    ex = load_extractor(preset, weights=weights, device=device, amp=amp)
+        with_text = ", ".join(p for p in presets() if get_preset(p).text)
+        raise ValueError(f"text embeddings need a preset with a text tower ({with_text}), not {preset!r}")
+    ex = load_extractor(preset, weights=weights, device=device, amp=amp, **(options or {}))
     rows = read_captions(captions)
     embs = [ex.encode_text([c for _, _, c in rows[a:a + batch_size]]) for a in range(0, len(rows), batch_size)]
-    emb = np.concatenate(embs) if embs else np.zeros((0, ex.global_dim), np.float32)
+    emb = np.concatenate(embs) if embs else ex.encode_text([""])[:0]  # (0, D): D as the tower makes it
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(out).with_name(f".{Path(out).name}.tmp")
     with h5py.File(tmp, "w") as f:

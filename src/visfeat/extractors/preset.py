@@ -77,6 +77,7 @@ class Preset:
     check: str = ""  # "module:function" checking the resolved options, torch-free: bad config fails at start
     vocab: tuple[str, str] | None = None  # shipped (objects, attributes) word lists in visfeat/vocab/
     labelmap: str = ""  # the file among `weights` that names the ids (fetched beside the weights)
+    logit_names: str = ""  # shipped word list in extractors/vocab/ naming the `logits` output (line k: class k)
     takes_boxes: bool = False  # forced-boxes mode: `set_given_boxes`, the config's `boxes:`, `--boxes`
     text: bool = False  # a text tower: `encode_text`, `visfeat text`, the config's `text:` section
 

@@ -1,8 +1,9 @@
 """Registry of official weight files and the one way to resolve a preset's weights to a local path.
 
 Weights live under `resources/weights/{preset}/{filename}`. A file placed there by the user (or a path given
-explicitly) is used as is; otherwise `fetch` downloads it (resumable, sha256-checked). Offline, the error names
-the file and where to put it.
+explicitly) is used as is; otherwise `fetch` downloads it (resumable, sha256-checked): the workflow's weights
+rule and `visfeat fetch-weights` call it, never an extraction (jobs stay off the network). A missing file's error
+names the file, where to put it and the command that fetches it.
 """
 from __future__ import annotations
 
@@ -36,10 +37,13 @@ def default_path(preset: str, wf: WeightFile, root: str | os.PathLike = "resourc
     return Path(root) / preset / wf.filename
 
 
-def place_message(preset: str, wf: WeightFile, dest: Path) -> str:
+def place_message(preset: str, wf: WeightFile, dest: Path, fetch_command: bool = True) -> str:
+    """How to provide a missing weights file: the command that fetches it (left out where that command has just
+    failed), placing it by hand, or another file."""
     sha = f" (sha256 {'' if len(wf.sha256) == 64 else 'starting '}{wf.sha256})" if wf.sha256 else ""
+    fetch_it = f"fetch it with `visfeat fetch-weights --preset {preset} --dest {dest}`, or " if fetch_command else ""
     return (
-        f"weights for preset {preset!r} are missing: place {wf.filename}{sha} at {dest} "
+        f"weights for preset {preset!r} are missing: {fetch_it}place {wf.filename}{sha} at {dest} "
         f"(download it from {wf.url} on a machine with internet), or pass --weights FILE / set "
         f"extractors.<name>.weights in the config"
     )
@@ -56,7 +60,7 @@ def fetch(preset: str, wf: WeightFile, dest: str | os.PathLike, timeout: float =
     try:
         download(wf.url, dest, sha256=wf.sha256, timeout=timeout, retries=retries)
     except DownloadError as e:
-        raise WeightsMissing(f"{e}\n{place_message(preset, wf, dest)}") from None
+        raise WeightsMissing(f"{e}\n{place_message(preset, wf, dest, fetch_command=False)}") from None
     return dest
 
 

@@ -24,6 +24,9 @@ Available:
   holding features (K, D) float32, obj_id, boxes (K, 4) original pixels, img_w, img_h.
 - `xlxmert-grid8` (X-LXMERT `{backbone}_{split}_grid8.h5`): OUT is one HDF5 file with a group per image id
   holding `features` (8, 8, D) float32.
+A store that is not what a layout's readers read is refused before anything is written, in one line naming
+what they expect and what the store holds (`_refuse`): X-LXMERT reads exactly its grid and box shapes, LXMERT and
+MMF read regions, X-modaler a grid and a global vector.
 Images are named by their store id, or with `names="stem"` (`visfeat export --names stem`) by their image file's
 stem, as the originals name them: LXMERT's and X-LXMERT's COCO files say COCO_val2014_000000000042 where the
 registry's `coco` id is 42 (the importers' `id_style` undoes it).
@@ -34,14 +37,36 @@ from pathlib import Path
 
 import numpy as np
 
+from visfeat.store.format import Attr, offsets_name
 from visfeat.store.reader import FeatureStore, iter_rows
+
+# allenai/x-lxmert x-lxmert/src/param.py: --grid_size 8, --n_boxes 36, --feat_dim 2048. Its datasets
+# (src/tasks/vqa_data.py) read each image's features with read_direct into arrays of exactly these shapes.
+XLXMERT_GRID = 8
+XLXMERT_BOXES = 36
+XLXMERT_DIM = 2048
+XLXMERT_GRID_PRESET = "grid8-x152"  # X-LXMERT's feature_extraction/coco_extract_grid_feature.py
+
+
+def _has(store: FeatureStore) -> str:
+    """What a store holds, for a refusal: its preset and fields."""
+    preset = store.attrs.get(Attr.PRESET) or "imported, no preset"
+    return f"{store.path} ({preset}) holds {', '.join(s.name for s in store.specs)}"
+
+
+def _refuse(fmt: str, expects: str, has: str) -> ValueError:
+    return ValueError(f"{fmt}: {expects}; {has}")
+
+
+def _fixed(store: FeatureStore, name: str, dims: int):
+    """The spec of a fixed (not ragged) field `name` of `dims` dimensions, or None."""
+    return next((s for s in store.specs if s.name == name and len(s.shape) == dims and not s.ragged), None)
 
 
 def export_xmodaler_npz(path: str, out: str, names: str = "id") -> int:
     store = FeatureStore(path)
-    have = {s.name for s in store.specs}
-    if not {"grid", "global"} <= have:
-        raise ValueError(f"xmodaler-npz needs fields grid and global; {path} has {sorted(have)}")
+    if _fixed(store, "grid", 3) is None or _fixed(store, "global", 1) is None:
+        raise _refuse("xmodaler-npz", "X-modaler reads a fixed grid and global (a CLIP or effnet store)", _has(store))
     Path(out).mkdir(parents=True, exist_ok=True)
     n = 0
     for ids, _, _, fields, _ in named_rows(store, names):
@@ -86,11 +111,12 @@ def per_image(store: FeatureStore, names: str = "id"):
             yield image_id, (int(hw[k][0]), int(hw[k][1])), one
 
 
-def _regions(path: str, fmt: str) -> FeatureStore:
+def _regions(path: str, fmt: str, reader: str,
+             need: tuple[str, ...] = ("features", "boxes", "obj_id", "obj_conf")) -> FeatureStore:
+    """The store, when it holds the region fields `need` (a detector preset's store)."""
     store = FeatureStore(path)
-    have = {s.name for s in store.specs}
-    if not {"features", "boxes", "obj_id", "obj_conf"} <= have:
-        raise ValueError(f"{fmt} needs a region store (features, boxes, obj_id, obj_conf); {path} has {sorted(have)}")
+    if not set(need) <= {s.name for s in store.specs}:
+        raise _refuse(fmt, f"{reader} reads regions ({', '.join(need)}: a detector preset's store)", _has(store))
     return store
 
 
@@ -107,7 +133,7 @@ def _region_arrays(f: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 def export_lxmert_h5(path: str, out: str, names: str = "id") -> int:
     import h5py
 
-    store = _regions(path, "lxmert-h5")
+    store = _regions(path, "lxmert-h5", "LXMERT")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(out).with_name(Path(out).name + ".tmp")
     n = 0
@@ -133,7 +159,7 @@ def export_lxmert_tsv(path: str, out: str, names: str = "id") -> int:
     def b64(a: np.ndarray) -> str:
         return base64.b64encode(np.ascontiguousarray(a).tobytes()).decode()
 
-    store = _regions(path, "lxmert-tsv")
+    store = _regions(path, "lxmert-tsv", "LXMERT")
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(out).with_name(Path(out).name + ".tmp")
     n = 0
@@ -177,7 +203,7 @@ def _foreground(cls_prob: np.ndarray, store: FeatureStore) -> np.ndarray:
 
 
 def export_mmf_npy(path: str, out: str, names: str = "id") -> int:
-    store = _regions(path, "mmf-npy")
+    store = _regions(path, "mmf-npy", "MMF")
     vinvl = "attr_ids" in {s.name for s in store.specs}
     Path(out).mkdir(parents=True, exist_ok=True)
     n = 0
@@ -209,10 +235,8 @@ def export_mmf_npy(path: str, out: str, names: str = "id") -> int:
 def export_xlxmert_boxes36(path: str, out: str, names: str = "id") -> int:
     import h5py
 
-    store = FeatureStore(path)
-    have = {s.name for s in store.specs}
-    if not {"features", "boxes", "obj_id"} <= have:
-        raise ValueError(f"xlxmert-boxes36 needs a region store (features, boxes, obj_id); {path} has {sorted(have)}")
+    store = _regions(path, "xlxmert-boxes36", "X-LXMERT", ("features", "boxes", "obj_id"))
+    _check_xlxmert_boxes(store)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(out).with_name(Path(out).name + ".tmp")
     n = 0
@@ -228,14 +252,41 @@ def export_xlxmert_boxes36(path: str, out: str, names: str = "id") -> int:
     return n
 
 
+def _check_xlxmert_boxes(store: FeatureStore) -> None:
+    """X-LXMERT reads XLXMERT_BOXES boxes of XLXMERT_DIM features per image, exactly."""
+    expects = f"X-LXMERT reads {XLXMERT_BOXES} boxes x {XLXMERT_DIM} features per image (--n_boxes, --feat_dim)"
+    spec = next(s for s in store.specs if s.name == "features")
+    if spec.shape != (XLXMERT_DIM,):
+        raise _refuse("xlxmert-boxes36", expects,
+                      f"{_has(store)}; its features are (K, {', '.join(map(str, spec.shape))}) per image")
+    counts = np.diff(store.h5[offsets_name(spec.ragged)][()])
+    off = counts != XLXMERT_BOXES
+    if off.any():
+        raise _refuse("xlxmert-boxes36", expects, f"{_has(store)}; {int(off.sum())} of {len(counts)} images have "
+                      f"another count ({counts.min()} to {counts.max()} boxes)")
+
+
+def _check_xlxmert_grid(store: FeatureStore) -> None:
+    """X-LXMERT reads an XLXMERT_GRID x XLXMERT_GRID x XLXMERT_DIM grid per image, as grid8-x152 computes it."""
+    want = (XLXMERT_GRID, XLXMERT_GRID, XLXMERT_DIM)
+    expects = f"X-LXMERT reads an {'x'.join(map(str, want))} grid per image (preset {XLXMERT_GRID_PRESET})"
+    spec = _fixed(store, "grid", 3)
+    if spec is None:
+        raise _refuse("xlxmert-grid8", expects, f"{_has(store)} (no fixed h x w x C grid)")
+    if spec.shape != want:
+        raise _refuse("xlxmert-grid8", expects, f"{_has(store)}; its grid is {'x'.join(map(str, spec.shape))}")
+    preset = store.attrs.get(Attr.PRESET) or ""
+    if preset not in ("", XLXMERT_GRID_PRESET):  # imported stores name no preset: their shape is what is known
+        raise _refuse("xlxmert-grid8", f"X-LXMERT's grid features are {XLXMERT_GRID_PRESET}'s (fc6 of the VMB X-152 "
+                      f"over an 8x8 grid of boxes)", f"{_has(store)}: other features of that shape; extract with "
+                      f"--preset {XLXMERT_GRID_PRESET}")
+
+
 def export_xlxmert_grid8(path: str, out: str, names: str = "id") -> int:
     import h5py
 
     store = FeatureStore(path)
-    spec = next((s for s in store.specs if s.name == "grid" and len(s.shape) == 3 and not s.ragged), None)
-    if spec is None:
-        raise ValueError(f"xlxmert-grid8 needs a fixed grid field (h, w, C); {path} has "
-                         f"{sorted(s.name for s in store.specs)}")
+    _check_xlxmert_grid(store)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(out).with_name(Path(out).name + ".tmp")
     n = 0

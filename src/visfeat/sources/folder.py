@@ -10,7 +10,7 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
-from visfeat.sources.images import is_image_file
+from visfeat.sources.images import IMAGE_EXTENSIONS, is_image_file
 
 
 class DatasetError(ValueError):
@@ -44,16 +44,25 @@ def assign_ids(relpaths: list[str], style: str = "path") -> list[tuple[str, str]
 
 
 def scan_folder(root: str | os.PathLike, style: str = "path") -> list[tuple[str, str]]:
-    """Every image file under `root` (recursive; extension in any letter case), as (image_id, relpath)."""
+    """Every image file under `root` (recursive; extension in any letter case), as (image_id, relpath). A folder
+    with no image file at all is an error: a folder given by name that holds none is a wrong path or an archive
+    unpacked elsewhere, not an empty dataset."""
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"image folder {root} does not exist")
-    rel = []
+    rel, others = [], 0
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for f in sorted(filenames):
-            if is_image_file(f) and not f.startswith("."):
+            if f.startswith("."):
+                continue
+            if is_image_file(f):
                 rel.append(os.path.relpath(os.path.join(dirpath, f), root))
+            else:
+                others += 1
+    if not rel:
+        raise DatasetError(f"image folder {root} holds no images (looked for {', '.join(IMAGE_EXTENSIONS)} in any "
+                           f"letter case, in every subfolder; {others} other file{'' if others == 1 else 's'})")
     return assign_ids(rel, style)
 
 

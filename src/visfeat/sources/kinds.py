@@ -82,6 +82,12 @@ def _first_ids(ids: list[str]) -> str:
     return " ".join(ids[:SHOWN_IDS]) + (" ..." if len(ids) > SHOWN_IDS else "")
 
 
+def _none_listed(what: str) -> str:
+    """The manifest log's warning for a source that lists no image: a warning, not an error, since a list, an
+    annotation split or a set of tars may be empty on purpose (a folder with no image fails in scan_folder)."""
+    return f"warning: no images to extract ({what}): this dataset's feature stores will hold 0 images"
+
+
 class SourceKind(ABC):
     """A kind of dataset source. Class attributes and classmethods declare the kind; an instance is one dataset
     of the config with this kind (its name, its entry, the registry entry it uses, the workflow folders)."""
@@ -181,6 +187,8 @@ class FileKind(SourceKind):
                  f"-> {req.out}"]
         if missing:  # kept in the manifest: extraction records them as failed, by id
             lines.append(f"missing image files ({len(missing)}), by id: {_first_ids(missing)}")
+        if df.empty:
+            lines.append(_none_listed("0 listed"))
         return lines
 
 
@@ -214,6 +222,8 @@ class TarKind(SourceKind):
         lines = [f"manifest: {len(df)} samples in {len(tars)} tars -> {req.out}"]
         if bad:  # kept in the manifest: extraction records them as failed, by id
             lines.append(f"without an image to extract ({len(bad)}; {cls.unextractable}), by id: {_first_ids(bad)}")
+        if df.empty:
+            lines.append(_none_listed(f"0 samples in {len(tars)} tars"))
         return lines
 
 

@@ -124,7 +124,7 @@ def download(url_list: str, out_dir: str, record: str, executable: str = "img2da
     exe = shutil.which(executable)
     if exe is None:
         raise UrlListError(f"img2dataset command {executable!r} not found: run under `snakemake --use-conda` "
-                           "(envs/img2dataset.yaml), or `make setup` and set the dataset's img2dataset.executable "
+                           "(envs/img2dataset.yaml), or `make setup-urls` and set the dataset's img2dataset.executable "
                            "to .venv-img2dataset/bin/img2dataset")
     n_tars = math.ceil(len(urls) / per_tar)
     out = Path(out_dir)

@@ -153,6 +153,11 @@ class WorkflowArgs:
         opts += [("--set", f"{k}={json.dumps(v)}") for k, v in preset_options(inst).items()]
         return render(opts)
 
+    def text(self, extractor: str) -> str:
+        """visfeat text: the instance's preset options (a generic preset's model and tag pick its text tower)."""
+        inst = self.config["extractors"][extractor]
+        return render([("--set", f"{k}={json.dumps(v)}") for k, v in preset_options(inst).items()])
+
     def extract_job(self, dataset: str, extractor: str, weights: str | list[str], boxes: str | list[str]) -> str:
         """The workflow's extraction job: the instance's options, how many shards the manifest is cut into, and the
         root its paths resolve against (the job's own --shard is its wildcard)."""

@@ -128,7 +128,7 @@ def load_schema(path: str) -> dict:
 
 
 def _check_semantics(cfg: dict, base_dir: str, registry: dict) -> None:
-    from visfeat.extractors.registry import COMMON_OPTIONS, check_options as check_preset_options, get_preset
+    from visfeat.extractors.registry import OptionError, check_options as check_preset_options, get_preset
 
     def path_of(p: str) -> str:
         return p if os.path.isabs(p) else os.path.join(base_dir, p)
@@ -145,18 +145,15 @@ def _check_semantics(cfg: dict, base_dir: str, registry: dict) -> None:
             p = get_preset(inst["preset"])
         except KeyError as e:
             raise ConfigError(f"config: extractors.{name}.preset: {e.args[0]}") from None
-        allowed = {**COMMON_OPTIONS, **p.options}
-        for k in inst:
-            if k not in config_keys() and k not in allowed:
-                raise ConfigError(f"config: extractors.{name}.{k}: unknown key (preset {p.name} options: "
-                                  f"{', '.join(sorted(allowed))})")
         if "boxes" in inst and not p.takes_boxes:
             raise ConfigError(f"config: extractors.{name}.boxes: preset {p.name} takes no boxes (forced-boxes mode "
                               "is for region presets)")
         if "weights" in inst and not os.path.isfile(path_of(inst["weights"])):
             raise ConfigError(f"config: extractors.{name}.weights: file {inst['weights']} does not exist")
-        try:  # the preset's own check of its option values (e.g. VISSL's pooling ops), torch-free
-            check_preset_options(p.name, preset_options(inst))
+        try:  # the preset options' keys and value types (registry), then the preset's own check, torch-free
+            check_preset_options(p.name, preset_options(inst), {k: k for k in config_keys()})
+        except OptionError as e:
+            raise ConfigError(f"config: extractors.{name}.{e.key}: {e.problem}") from None
         except ValueError as e:
             raise ConfigError(f"config: extractors.{name}: {e}") from None
 

@@ -7,6 +7,9 @@ VinVL's labelmap (`VG-SGG-dicts-vgoi6-clipped.json`: `idx_to_label` / `idx_to_at
 category names (Pythia's `visual_genome_categories.json`) are not redistributed here: each is fetched with the
 weights (a second file of the preset) and read from the weights
 folder (`<weights root>/vinvl-x152c4/`; the workflow passes its configured `resources:`) when it is there.
+`imagenet1k_classes.txt` (1000): the ImageNet-1k class names of classifier logits (`Preset.logit_names`), timm 1.0.31
+`timm.data.ImageNetInfo("imagenet-1k").index_to_description(k)` (its package data timm/data/_info/
+imagenet_synsets.txt + imagenet_synset_to_lemma.txt, WordNet lemmas), copied so the torch-free report reads them.
 """
 from __future__ import annotations
 
@@ -54,6 +57,12 @@ def labelmap_path(preset: str, weights_root: str | Path = WEIGHTS_ROOT) -> Path 
     """Where a preset's labelmap is fetched to, or None when it has none."""
     p = _preset(preset)
     return Path(weights_root) / preset / p.labelmap if p is not None and p.labelmap else None
+
+
+def logit_words(preset: str) -> tuple[str, ...] | None:
+    """The class names of a preset's `logits`, or None when it ships none (or the store names no preset of ours)."""
+    p = _preset(preset)
+    return load(p.logit_names) if p is not None and p.logit_names else None
 
 
 def words_for(preset: str, weights_root: str | Path = WEIGHTS_ROOT
