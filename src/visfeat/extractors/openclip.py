@@ -26,10 +26,9 @@ import numpy as np
 import torch
 
 from visfeat.extractors.base import Extractor, FieldSpec, TransformPreprocessor
+from visfeat.extractors.timm_encoder import POOLING  # timm is in the clip env too (open_clip needs it)
+from visfeat.extractors.weightfiles import file_shapes
 
-# the pooling, in words, of each library's pool name (open_clip VisionTransformer pool_type, timm global_pool)
-POOLING = {"tok": "cls token", "token": "cls token", "avg": "mean of patches", "map": "attention pool (map head)",
-           "max": "max of patches", "avgmax": "mean and max of patches", "none": "none", "": "none"}
 # files of a Hugging Face tokenizer, looked for beside the weights file (the hub repos hold them there)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -71,21 +70,6 @@ def transform_of(preprocess: dict[str, Any]):
     keys = set(asdict(PreprocessCfg()))
     cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in preprocess.items() if k in keys}
     return image_transform_v2(PreprocessCfg(**cfg), is_train=False)
-
-
-def file_shapes(path: str) -> dict[str, tuple[int, ...]]:
-    """Tensor shapes in a weights file, read lazily (safetensors header, mmap'd state dict)."""
-    if path.endswith(".safetensors"):
-        from safetensors import safe_open
-
-        with safe_open(path, "pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
-    try:
-        sd = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-    except RuntimeError:  # not a zip archive: mmap is unavailable
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    sd = sd.get("state_dict", sd) if isinstance(sd, dict) else {}
-    return {k.removeprefix("module."): tuple(v.shape) for k, v in sd.items() if hasattr(v, "shape")}
 
 
 def load_strict(model: torch.nn.Module, path: str) -> None:

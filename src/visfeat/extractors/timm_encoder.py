@@ -26,13 +26,15 @@ import torch
 from torch import nn
 
 from visfeat.extractors.base import Extractor, FieldSpec, TransformPreprocessor
+from visfeat.extractors.weightfiles import file_shapes
 
 __all__ = ["Outputs", "TimmEncoder", "build", "check_decode", "load_model", "pooling_name", "preprocess_config"]
 
-# timm's `global_pool` values (timm/models/vision_transformer.py, eva.py; timm/layers/adaptive_avgmax_pool.py), in
-# the words the openclip family records
-POOLING = {"token": "cls token", "avg": "mean of patches", "map": "attention pool (map head)",
-           "max": "max of patches", "avgmax": "mean and max of patches"}
+# the pooling, in words, of each library's pool name: timm's `global_pool` (timm/models/vision_transformer.py,
+# eva.py; timm/layers/adaptive_avgmax_pool.py) and open_clip's VisionTransformer `pool_type` ("tok", "none"); both
+# families record these words
+POOLING = {"tok": "cls token", "token": "cls token", "avg": "mean of patches", "map": "attention pool (map head)",
+           "max": "max of patches", "avgmax": "mean and max of patches", "none": "none", "": "none"}
 # timm/data/transforms_factory.py transforms_imagenet_eval: crop_mode -> (resize mode in open_clip's words, crop)
 RESIZE = {"center": ("shortest", "center"), "squash": ("squash", "center"), "border": ("longest", "center, padded")}
 
@@ -47,18 +49,6 @@ def resolved_name(name: str) -> str:
         raise ValueError(f"timm model {name!r} has no pretrained cfg in timm {timm.__version__}: give a name with "
                          f"its pretrained tag (e.g. vit_base_patch14_dinov2.lvd142m)")
     return f"{cfg.architecture}.{cfg.tag}" if cfg.tag else cfg.architecture
-
-
-def file_shapes(path: str) -> dict[str, tuple[int, ...]]:
-    """The tensor shapes a weights file holds, read as timm reads it (safetensors header only)."""
-    if str(path).endswith(".safetensors"):
-        from safetensors import safe_open
-
-        with safe_open(path, "pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (not a dict)
-    from timm.models import load_state_dict
-
-    return {k: tuple(v.shape) for k, v in load_state_dict(path).items()}
 
 
 def load_model(name: str, path: str, **model_args: Any) -> nn.Module:
