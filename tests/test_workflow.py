@@ -2,6 +2,7 @@
 import hashlib
 import io
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -52,6 +53,15 @@ def test_default_run_classifies_like_the_model(default_run):
 def test_default_run_ends_with_what_it_wrote(default_run):
     _, p = default_run
     assert p.stdout.endswith("visfeat: this run wrote\n  results/sample/effnet-lite0.h5: 8 images, 0 failed\n")
+
+
+def test_extraction_progress_reaches_the_console_and_the_log(default_run):
+    """The extract jobs' progress lines are on the Snakemake console (and still in each job's log)."""
+    wd, p = default_run
+    shown = re.findall(r"^\[effnet-lite0\] (\d+)/(\d+) images .* left$", p.stderr, re.M)
+    assert shown and all(int(n) <= int(total) for n, total in shown), p.stderr[-2000:]
+    logs = "".join(f.read_text() for f in (wd / "logs/extract/sample/effnet-lite0").glob("*.log"))
+    assert all(f"[effnet-lite0] {n}/{total} images" in logs for n, total in shown)
 
 
 def test_plain_commands_work_as_typed(default_run):

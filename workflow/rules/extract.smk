@@ -31,4 +31,5 @@ rule extract:
             "extract {params.args} --manifest {input.manifest} --shard {wildcards.i} --out {output} "
             "--stats {log.stats}",
             log="{log.log}",
+            progress=True,
         )
