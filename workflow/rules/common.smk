@@ -48,10 +48,11 @@ def visfeat(command, log="{log}", progress=False):
     """A rule's shell line: `visfeat COMMAND`, all its output in the rule's log, whose last lines are printed when
     the job fails (Snakemake itself prints only the log's name). `log`: that log's placeholder where the rule names
     its logs (`{log.log}`: a plain `{log}` would be all of them). `progress`: the job's progress lines also reach
-    the Snakemake console (tee into the log; pipefail keeps the command's exit status)."""
+    the Snakemake console (tee into the log; Snakemake's bash prefix `set -euo pipefail` keeps the command's exit
+    status through the pipe)."""
     prefix = _VISFEAT.replace("{", "{{").replace("}", "}}")  # literal braces, not Snakemake placeholders
     if progress:
-        return (f"set -o pipefail; {prefix} {command} 2>&1 | tee {log} | (grep --line-buffered -E "
+        return (f"{prefix} {command} 2>&1 | tee {log} | (grep --line-buffered -E "
                 f"'{PROGRESS_LINE}' >&2 || true) || (tail -n 3 {log} >&2; exit 1)")
     return f"{prefix} {command} > {log} 2>&1 || (tail -n 3 {log} >&2; exit 1)"
 
