@@ -155,6 +155,14 @@ class Extractor(ABC):
     @abstractmethod
     def forward(self, batch: dict[str, Any]) -> list[dict[str, np.ndarray]]: ...
 
+    @staticmethod
+    def per_image(outputs: dict[str, torch.Tensor]) -> list[dict[str, np.ndarray]]:
+        """A forward's batched outputs (name -> (N, ...) tensor, any float dtype) as the contract returns them: one
+        dict of float32 numpy arrays per image (one device-to-host copy per field, not per image)."""
+        arrays = {k: v.float().cpu().numpy() for k, v in outputs.items()}
+        n = len(next(iter(arrays.values()))) if arrays else 0
+        return [{k: a[i] for k, a in arrays.items()} for i in range(n)]
+
     def set_given_boxes(self, boxes: dict[str, np.ndarray] | None) -> None:
         """Forced-boxes mode: features for these boxes (original pixels, x1y1x2y2) per image id."""
         raise ValueError(f"preset {self.preset} does not take given boxes (forced-boxes mode is for region presets)")

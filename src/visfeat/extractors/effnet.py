@@ -76,9 +76,7 @@ class EffnetLite0(Extractor):
             grid = self.model.forward_features(x)  # (N, 1280, 7, 7) after conv_head + bn + ReLU6
             glob = grid.mean((2, 3))
             logits = self.model.classifier(glob)
-        grid = grid.float().permute(0, 2, 3, 1).cpu().numpy()
-        glob, logits = glob.float().cpu().numpy(), logits.float().cpu().numpy()
-        return [{"global": glob[i], "grid": grid[i], "logits": logits[i]} for i in range(len(glob))]
+        return self.per_image({"global": glob, "grid": grid.permute(0, 2, 3, 1), "logits": logits})
 
 
 def build(preset, weights: str | None, device, amp: bool, options: dict[str, Any]) -> EffnetLite0:

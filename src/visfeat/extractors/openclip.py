@@ -216,8 +216,7 @@ class OpenClipExtractor(Extractor):
         x = self.on_device(batch["image"])
         with self.autocast():
             out = self._run(x)
-        arrays = {k: v.float().cpu().numpy() for k, v in out.items()}
-        return [{k: a[i] for k, a in arrays.items()} for i in range(len(x))]
+        return self.per_image(out)
 
     def tokenizer(self):
         """The model's own tokenizer (`open_clip.get_tokenizer`); a Hugging Face one from the files beside the

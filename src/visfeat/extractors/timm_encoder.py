@@ -202,8 +202,7 @@ class TimmEncoder(Extractor):
         x = self.on_device(batch["image"])
         with self.autocast():
             out = self.outputs(x)
-        arrays = {k: v.float().cpu().numpy() for k, v in out.items()}
-        return [{k: v[i] for k, v in arrays.items()} for i in range(len(x))]
+        return self.per_image(out)
 
 
 def build(preset, weights: str | None, device, amp: bool, options: dict[str, Any]) -> TimmEncoder:

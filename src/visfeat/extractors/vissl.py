@@ -337,8 +337,7 @@ class VisslExtractor(Extractor):
         x = self.on_device(batch["image"])
         with self.autocast():
             out = self._run(x)
-        arrs = {n: t.float().cpu().numpy() for n, t in out.items()}
-        return [{n: a[i] for n, a in arrs.items()} for i in range(len(x))]
+        return self.per_image(out)
 
 
 def build(preset, weights: str | None, device, amp: bool, options: dict[str, Any]) -> VisslExtractor:
