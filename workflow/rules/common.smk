@@ -176,3 +176,29 @@ def get_kmeans_outputs():
         out += [f"{R}/report/kmeans/{name}/{fig}.png" for fig in ("objective", "cluster_sizes", "codes")]
         out += [f"{R}/kmeans/{name}/{d}.h5" for d in km["assign"]]
     return out
+
+
+def print_run_summary(dag):
+    """What this run wrote, so its end says more than "N of N steps done": each feature store a finished job made
+    (a shard only when it was itself a target), with its image count and failed ids (visfeat/store/summary.py).
+    Stores are opened only here, after the run: parsing the workflow stays free of h5py."""
+    import os
+
+    written = sorted(
+        {
+            f
+            for job in dag.finished_jobs
+            if job.rule.name in ("merge", "import_published", "kmeans_assign")
+            or (job.rule.name == "extract" and job in dag.targetjobs)
+            for f in job.output
+            if f.endswith(".h5") and os.path.exists(f)
+        }
+    )
+    try:
+        from visfeat.store.summary import read_summary
+
+        lines = [read_summary(f).line() for f in written]
+    except ImportError:  # Snakemake's own env lacks h5py (only the rules' conda envs have it): the paths alone
+        lines = [f"{f} (visfeat inspect {f})" for f in written]
+    if lines:
+        print("visfeat: this run wrote\n" + "\n".join(f"  {line}" for line in lines))
