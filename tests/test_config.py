@@ -50,5 +50,5 @@ def test_workflow_args_from_the_validated_config():
     assert args.extract("effnet-lite0", [], []) == ("--preset effnet-lite0 --name effnet-lite0 --batch-size 8 "
                                                     "--workers auto --dtype float32 --compression none --amp "
                                                     "--device cpu --set exif=false")
-    assert args.manifest("s") == "--root resources/datasets/s --id-style path --source sample"
+    assert args.manifest("s") == "--root resources/datasets/s --id-style path --source sample --shards 1"
     assert args.weights_url("clip-rn50", "RN50.pt") == ""

@@ -7,6 +7,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 
@@ -178,3 +179,42 @@ def test_report_draws_images_read_in_place_from_their_tars(tmp_path):
     expected = Image.open(io.BytesIO(jpeg(1))).convert("RGB")
     np.testing.assert_array_equal(np.asarray(img), np.asarray(expected))
     assert _image(str(tmp_path), s, 0) is None  # a tar member is not a file under a root
+
+
+def test_a_tar_manifest_lists_tars_and_each_job_scans_its_own(tmp_path):
+    """`visfeat manifest` of a webdataset opens no tar (one row per tar, relative to the tar root); each job's
+    items equal those of the old manifest (every sample scanned up front, cut by shard_of), in the same order, so
+    existing stores resume and reuse; the same tars staged elsewhere resolve against another --root."""
+    import shutil
+
+    from visfeat.cli import main
+    from visfeat.sources.manifest import per_image_rows
+
+    web = tmp_path / "web"
+    (web / "b").mkdir(parents=True)
+    tars = [write_tar(web / "00000.tar", {"k0": img2dataset_sample(0, "a"), "k1": {"txt": b"no image"}}),
+            write_tar(web / "b/00001.tar", {"k2": img2dataset_sample(2, "b")}),
+            write_tar(web / "b/00002.tar", {"k3": img2dataset_sample(3, "c"), "k4": img2dataset_sample(4, "d")})]
+    tars[2].write_bytes(tars[2].read_bytes()[:1500])  # cut short: a row of its own
+    scan_webdataset([str(t) for t in tars], 2).to_parquet(tmp_path / "old.parquet", index=False)
+    new = tmp_path / "new.parquet"
+    assert main(["manifest", "--source", "webdataset", "--root", str(web), "--tars-per-shard", "2",
+                 "--tars", str(web / "00000.tar"), "--tars", f"{web}/b/{{00001,00002}}.tar", "--out", str(new)]) == 0
+    assert not per_image_rows(new) and pd.read_parquet(new)["tar"].tolist() == ["00000.tar", "b/00001.tar",
+                                                                                "b/00002.tar"]
+    staged = tmp_path / "staged"
+    shutil.copytree(web, staged)
+    for i in range(2):
+        items = manifest_items(new, 2, i, web)
+        assert items == manifest_items(tmp_path / "old.parquet", 2, i, ".") and items
+        moved = manifest_items(new, 2, i, staged)
+        assert [(it.image_id, it.path, it.offset, it.error) for it in moved] == [
+            (it.image_id, it.path, it.offset, it.error) for it in items]
+        assert all(it.abspath.startswith(str(staged)) for it in moved)
+    # whole-dataset readers: the captions (text embeddings) and the tars a report draws from, at the recorded root
+    from visfeat.engine.text import read_captions
+    from visfeat.sources.tars import scan_manifest_tars
+
+    assert read_captions(str(new)) == read_captions(str(tmp_path / "old.parquet")) == [
+        ("k0#0", "k0", "a"), ("k1#0", "k1", "no image"), ("k2#0", "k2", "b")]
+    assert scan_manifest_tars(new, {"00001.tar"})["image_id"].tolist() == ["k2"]

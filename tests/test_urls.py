@@ -104,7 +104,7 @@ def test_config_names_the_urls_key(tmp_path):
     from visfeat.workflow.args import WorkflowArgs
 
     args = WorkflowArgs(cfg, {"datasets": {}, "archives": {}})
-    assert args.shard_count("web") == 3 and args.dataset_root("web") == "."
+    assert args.shard_count("web") == 3 and args.dataset_root("web") == "resources/datasets/web"  # the tars' folder
     line = args.download_urls("web")
     assert "--img2dataset img2dataset --url-col url --caption-col caption --urls-per-tar 10000 --timeout 10" in line
     assert "--out-dir resources/datasets/web" in line
@@ -198,7 +198,11 @@ def test_workflow_killed_download_resumes_and_gives_the_features_of_a_folder(tmp
     assert again == {"/page.html", "/slow.jpg", "/img/rocket.jpg", "/img/astronaut.jpg", "/img/horse.jpg"}  # tars 1, 2
     assert "1 already finished" in (wd / "logs/download_urls/web.log").read_text()
 
-    manifest = pd.read_parquet(wd / "results/web/manifest.parquet")
+    from visfeat.sources.manifest import manifest_root
+    from visfeat.sources.tars import scan_tar_rows
+
+    path = wd / "results/web/manifest.parquet"  # a tar source's manifest lists its tars; their samples:
+    manifest = scan_tar_rows(pd.read_parquet(path), manifest_root(path))
     keys = {txt.split(": ")[1]: i for i, txt in zip(manifest["image_id"], manifest["txt"])}
     good = {n: keys[n] for n in jpegs}
     folder = _sample_folder(tmp_path / "folder", jpegs, good)

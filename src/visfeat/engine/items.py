@@ -46,14 +46,19 @@ def read_list(list_file: str | os.PathLike, root: str | os.PathLike | None = Non
     return items
 
 
-def manifest_items(manifest: str | os.PathLike, shards: int, index: int, root: str | os.PathLike) -> list[Item]:
-    """Shard `index` of `shards` of a manifest.parquet (manifest.shard_of), paths resolved against `root`: the
-    items, in the order, that `read_list` gives for the same shard written as a list file (same resume signature)."""
-    import pandas as pd
+def manifest_items(manifest: str | os.PathLike, shards: int | None, index: int, root: str | os.PathLike
+                   ) -> list[Item]:
+    """Shard `index` of a manifest.parquet (manifest.read_shard: only its own rows are read; `shards`, the job's
+    count, checks the manifest's), paths resolved against `root`: the items, in the order, that `read_list` gives
+    for the same shard written as a list file (same resume signature). A tar source's shard is its tars' rows:
+    the job scans those tars here (tars.scan_tar_rows), the samples in tar order."""
+    from visfeat.sources.manifest import read_shard
 
-    from visfeat.sources.manifest import shard_of
+    part = read_shard(manifest, index, shards)
+    if "image_id" not in part.columns:  # a tar source: one row per tar, relative to the root
+        from visfeat.sources.tars import scan_tar_rows
 
-    part = shard_of(pd.read_parquet(manifest), shards, index)
+        part = scan_tar_rows(part, root)
     if "tar" in part.columns:  # webdataset: tar members read in place, in tar order (tars.scan_webdataset)
         return [Item(i, p, t, int(o), int(n), e) for i, p, t, o, n, e in
                 zip(part["image_id"], part["path"], part["tar"], part["offset"], part["bytes"], part["error"])]

@@ -194,8 +194,15 @@ def request_items(req: ExtractRequest) -> list[Item]:
         return folder_items(req.images)
     if req.list_file:
         return read_list(req.list_file, req.root)
+    from visfeat.sources.manifest import manifest_root, manifest_shards
+
+    # a tar source's manifest records its tar root, for a command line without --root
+    root = req.root or manifest_root(req.manifest) or Path(req.manifest).parent
+    if req.shard is None:  # the whole manifest: its shards in turn
+        n = manifest_shards(req.manifest) or 1
+        return [it for i in range(n) for it in manifest_items(req.manifest, n, i, root)]
     # the workflow's extract job: its shard of the manifest, read directly (no list file per shard)
-    return manifest_items(req.manifest, req.shards or 1, req.shard or 0, req.root or Path(req.manifest).parent)
+    return manifest_items(req.manifest, req.shards, req.shard, root)
 
 
 def given_boxes(req: ExtractRequest, items: list[Item]) -> dict[str, np.ndarray] | None:

@@ -28,6 +28,10 @@ def read_captions(path: str) -> list[tuple[str, str, str]]:
         import pandas as pd
 
         df = pd.read_parquet(p)
+        if "image_id" not in df.columns and "tar" in df.columns:  # a manifest of tars: their txt members
+            from visfeat.sources.tars import scan_manifest_tars
+
+            df = scan_manifest_tars(p)
         if "txt" not in df.columns:
             raise ValueError(f"{path}: this manifest has no `txt` captions (only webdataset and urls sources carry them)")
         return [(f"{i}#0", str(i), str(c)) for i, c in zip(df["image_id"], df["txt"].fillna("")) if str(c).strip()]

@@ -103,3 +103,19 @@ def pairs_from_folders(root: str | os.PathLike, folders: list[str], style: str =
         for _, p in scan_folder(Path(root) / folder, "path"):
             rel.append(f"{folder}/{p}")
     return assign_ids(rel, style)
+
+
+def absent(root: str | os.PathLike, paths: list[str]) -> list[bool]:
+    """Which paths (relative to `root`, or absolute) are not in their folder's listing: one listing per folder,
+    not one stat per file, so a dataset-wide check costs its folders, not its images."""
+    listed: dict[str, set[str]] = {}
+    out = []
+    for p in paths:
+        folder, name = os.path.split(os.path.join(root, p))
+        if folder not in listed:
+            try:
+                listed[folder] = set(os.listdir(folder or "."))
+            except OSError:  # no such folder: every file in it is absent
+                listed[folder] = set()
+        out.append(name not in listed[folder])
+    return out

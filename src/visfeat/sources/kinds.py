@@ -25,6 +25,19 @@ from typing import Any, Callable, ClassVar
 from visfeat.sources.urls import LIST_FORMATS
 
 Options = list[tuple[str, Any]]  # `--flag value` pairs, rendered by workflow/args.py render()
+
+
+def is_url(path: str) -> bool:
+    """A tar named in object storage (s3://bucket/key): Snakemake's storage plugin stages it for the job reading it."""
+    return "://" in path
+
+
+def url_root(urls: list[str]) -> str:
+    """The deepest "folder" holding every URL (s3://bucket/cc12m for s3://bucket/cc12m/{00000..01242}.tar)."""
+    import posixpath
+
+    scheme = urls[0].split("://", 1)[0]
+    return f"{scheme}://" + posixpath.commonpath([posixpath.dirname(u.split("://", 1)[1]) for u in urls])
 SHOWN_IDS = 50  # ids named in a manifest job's log line; the rest are counted
 
 
@@ -98,6 +111,7 @@ class SourceKind(ABC):
     captions: ClassVar[bool] = False  # its manifest has a `txt` caption per image (`text: {dataset: ...}`)
     prepared: ClassVar[bool] = False  # rule prepare_dataset makes its root (`visfeat prepare --source NAME`)
     downloads: ClassVar[bool] = False  # rule download_urls fetches its images first (img2dataset)
+    remote = False  # its images are in object storage, staged per extraction job (a Webdataset of s3:// tars)
     manifest_source: ClassVar[str | None] = None  # `visfeat manifest --source` building it; None: the kind's name
 
     def __init__(self, dataset: str, entry: dict, resources: str = "resources", results: str = "results",
@@ -167,8 +181,8 @@ class SourceKind(ABC):
 
 
 class FileKind(SourceKind):
-    """Image files under a root: the manifest is their header sizes; a listed file that is absent is a row that
-    extraction records as failed."""
+    """Image files under a root: the manifest lists their ids and paths (no file is opened: the shard jobs read
+    them); a listed file that is absent from its folder's listing is a row that extraction records as failed."""
 
     @classmethod
     @abstractmethod
@@ -177,31 +191,31 @@ class FileKind(SourceKind):
 
     @classmethod
     def build_manifest(cls, req: ManifestRequest) -> list[str]:
-        from visfeat.sources import manifest
+        import pyarrow as pa
 
-        root = Path(req.root)
-        df = manifest.build_manifest(root, cls.pairs(req), apply_exif=not req.no_exif)
-        manifest.write_manifest(df, req.out)
-        bad, missing = int((df["width"] < 0).sum()), manifest.missing_ids(df)
-        lines = [f"manifest: {len(df)} images under {root} ({bad} with unreadable headers, {len(missing)} missing) "
+        from visfeat.sources.folder import absent
+        from visfeat.sources.manifest import write_manifest
+
+        root, pairs = Path(req.root), cls.pairs(req)
+        ids, paths = [i for i, _ in pairs], [p for _, p in pairs]
+        write_manifest(pa.table({"image_id": pa.array(ids, pa.string()), "path": pa.array(paths, pa.string())}),
+                       req.out, req.shards)
+        missing = [i for i, gone in zip(ids, absent(root, paths)) if gone]
+        lines = [f"manifest: {len(pairs)} images under {root} ({len(missing)} missing) in {req.shards} shards "
                  f"-> {req.out}"]
         if missing:  # kept in the manifest: extraction records them as failed, by id
             lines.append(f"missing image files ({len(missing)}), by id: {_first_ids(missing)}")
-        if df.empty:
+        if not pairs:
             lines.append(_none_listed("0 listed"))
         return lines
 
 
 class TarKind(SourceKind):
-    """Webdataset tars read in place: the manifest holds each tar's absolute path, so the root is `.`, and the
-    report reads each image from its tar through the manifest."""
+    """Webdataset tars read in place: the manifest lists the tars (relative to the root, the folder holding them;
+    none is opened: each shard job scans its own), and the report reads each image from its tar through the
+    manifest."""
 
     captions = True
-    unextractable: ClassVar[str]  # what the manifest's rows without an image are, for the log line
-
-    @property
-    def root(self) -> str:
-        return "."
 
     @property
     def image_root(self) -> str:
@@ -209,21 +223,19 @@ class TarKind(SourceKind):
 
     @classmethod
     @abstractmethod
-    def scan(cls, req: ManifestRequest) -> tuple[list[str], Any]:
-        """The tars and the manifest DataFrame."""
+    def rows(cls, req: ManifestRequest) -> Any:
+        """The manifest's rows, one per tar (tars.tar_rows), from the tar names alone."""
 
     @classmethod
     def build_manifest(cls, req: ManifestRequest) -> list[str]:
         from visfeat.sources.manifest import write_manifest
 
-        tars, df = cls.scan(req)
-        write_manifest(df, req.out)
-        bad = list(df.loc[df["error"] != "", "image_id"])
-        lines = [f"manifest: {len(df)} samples in {len(tars)} tars -> {req.out}"]
-        if bad:  # kept in the manifest: extraction records them as failed, by id
-            lines.append(f"without an image to extract ({len(bad)}; {cls.unextractable}), by id: {_first_ids(bad)}")
+        df = cls.rows(req)
+        shards = max(req.shards, int(df["shard"].max()) + 1 if len(df) else 1)  # urls: some shards may be empty
+        write_manifest(df, req.out, shards, root=req.root)
+        lines = [f"manifest: {len(df)} tars under {req.root} in {shards} shards -> {req.out}"]
         if df.empty:
-            lines.append(_none_listed(f"0 samples in {len(tars)} tars"))
+            lines.append(_none_listed("0 tars"))
         return lines
 
 
@@ -304,7 +316,6 @@ class Archive(FileKind):
 
 class Webdataset(TarKind):
     name = "webdataset"
-    unextractable = "a truncated tar by its name"
     keys = (Key("path", {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]},
                 "a brace pattern (/data/cc3m/{00000..00331}.tar), a list of tars, or a folder of .tar files",
                 required=True),
@@ -318,8 +329,32 @@ class Webdataset(TarKind):
 
         return tar_paths(self.entry["path"])
 
+    @cached_property  # asked once per extraction job when the workflow is planned
+    def root(self) -> str:
+        from visfeat.sources.tars import tar_root
+
+        return url_root(self.tars) if self.remote else tar_root(self.tars)
+
+    @property
+    def remote(self) -> bool:
+        """Tars in object storage: the manifest lists their names (nothing is downloaded), each extraction job gets
+        its shard's tars staged by Snakemake's storage plugin (`shard_tars`, `staged_root`)."""
+        return any(is_url(t) for t in self.tars)
+
     def inputs(self) -> list[str]:
-        return self.tars
+        return [] if self.remote else self.tars
+
+    def shard_tars(self, shard: int) -> list[str]:
+        """The tars extraction job `shard` reads (the manifest's `tar_rows` assigns them the same way)."""
+        n = self.value("tars_per_shard")
+        return self.tars[shard * n:(shard + 1) * n]
+
+    def staged_root(self, shard: int, staged: list[str]) -> str:
+        """The root of a job's staged copies of its tars: the manifest's relative tar names resolve against it."""
+        import posixpath
+
+        rel = posixpath.relpath(self.shard_tars(shard)[0].split("://", 1)[1], self.root.split("://", 1)[1])
+        return staged[0][:len(staged[0]) - len(rel)].rstrip("/") or "."
 
     def shard_count(self) -> int:
         return math.ceil(len(self.tars) / self.value("tars_per_shard"))
@@ -330,17 +365,16 @@ class Webdataset(TarKind):
                 *(("--tars", t) for t in patterns)]
 
     @classmethod
-    def scan(cls, req: ManifestRequest) -> tuple[list[str], Any]:
-        from visfeat.sources.tars import scan_webdataset, tar_paths
+    def rows(cls, req: ManifestRequest) -> Any:
+        from visfeat.sources.tars import tar_paths, tar_rows
 
         tars = tar_paths(list(req.tars))
-        return tars, scan_webdataset(tars, req.tars_per_shard, apply_exif=not req.no_exif)
+        return tar_rows(tars, req.root, [k // req.tars_per_shard for k in range(len(tars))])
 
 
 class Urls(TarKind):
     name = "urls"
     downloads = True
-    unextractable = "failed downloads and broken members"
     keys = (Key("urls", {"type": "string"}, "a list of image URLs (+ captions), downloaded by img2dataset into "
                 "webdataset tars under resources/datasets/{dataset}/", required=True, exists="file",
                 suffixes=tuple(LIST_FORMATS)),
@@ -367,18 +401,25 @@ class Urls(TarKind):
         download job keeps them: they are not its output)."""
         return f"{self.resources}/datasets/{self.dataset}/downloaded.tsv"
 
+    @property
+    def root(self) -> str:
+        return str(Path(self.record).parent)
+
     def inputs(self) -> list[str]:
         return [self.record]
 
     def manifest_options(self) -> Options:
-        return [*super().manifest_options(), ("--downloaded", self.record), ("--shards", self.entry["shards"])]
+        return [*super().manifest_options(), ("--downloaded", self.record)]
 
     @classmethod
-    def scan(cls, req: ManifestRequest) -> tuple[list[str], Any]:
-        from visfeat.sources.tars import img2dataset_tars, scan_img2dataset
+    def rows(cls, req: ManifestRequest) -> Any:
+        """The tars spread over `shards` extraction shards in contiguous blocks (the tar count is unknown when the
+        workflow is planned), each with the img2dataset parquet of its failed URLs."""
+        from visfeat.sources.tars import img2dataset_parquet, img2dataset_tars, tar_rows
 
-        return img2dataset_tars(req.downloaded), scan_img2dataset(req.downloaded, req.shards,
-                                                                  apply_exif=not req.no_exif)
+        tars = img2dataset_tars(req.downloaded)
+        return tar_rows(tars, req.root, [k * req.shards // len(tars) for k in range(len(tars))],
+                        [img2dataset_parquet(t) for t in tars])
 
 
 # registry kinds: a dataset of config/datasets.yaml, used by its name as a config dataset's `source`

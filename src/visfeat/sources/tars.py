@@ -7,9 +7,11 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
+
 from visfeat.sources.folder import DatasetError
 from visfeat.sources.images import header_size
-from visfeat.sources.manifest import MANIFEST_COLUMNS
+from visfeat.sources.manifest import HEADER_COLUMNS
 
 WEBDATASET_IMAGES = ("jpg", "jpeg", "png", "webp")  # a sample's image: the first of these members it has
 
@@ -90,12 +92,13 @@ def _read_at(f, offset: int, size: int) -> bytes:
     return f.read(size)
 
 
-def scan_webdataset(tars: list[str], tars_per_shard: int = 1, apply_exif: bool = True):
-    """Manifest of tar shards: one row per sample, id = its `__key__` (unique across the dataset), in tar order.
-    Besides the manifest columns: `shard` (tar index // tars_per_shard), `tar` (absolute path), `offset` of the
-    image member's data (-1: none), `error` (why the row cannot be extracted, else ""), and the `txt` and `json`
-    members' text. A sample without an image, and a truncated or unreadable tar (a row of its own, id = the tar's
-    file name), are rows whose extraction records the error."""
+def scan_webdataset(tars: list[str], tars_per_shard: int = 1, apply_exif: bool = True, headers: bool = True):
+    """The samples of some tars: one row per sample, id = its `__key__` (unique across these tars), in tar order.
+    Columns image_id, path, bytes, width, height (from the image's header; -1 with headers=False: a shard job's
+    decode measures them), `shard` (tar index // tars_per_shard), `tar` (absolute path), `offset` of the image
+    member's data (-1: none), `error` (why the row cannot be extracted, else ""), and the `txt` and `json` members'
+    text. A sample without an image, and a truncated or unreadable tar (a row of its own, id = the tar's file name),
+    are rows whose extraction records the error."""
     import pandas as pd
 
     rows, seen = [], {}
@@ -127,8 +130,10 @@ def scan_webdataset(tars: list[str], tars_per_shard: int = 1, apply_exif: bool =
                     row(key, f"{name}/{key}", shard=shard, tar=abstar, txt=text.get("txt", ""),
                         js=text.get("json", ""), error=f"no image member ({', '.join(WEBDATASET_IMAGES)}) in {name}")
                     continue
+                w = h = -1
                 try:
-                    w, h = header_size(io.BytesIO(_read_at(f, image.offset_data, image.size)), apply_exif)
+                    if headers:
+                        w, h = header_size(io.BytesIO(_read_at(f, image.offset_data, image.size)), apply_exif)
                 except Exception:  # unreadable header: extraction records the reason
                     w = h = -1
                 row(key, f"{name}/{image.name}", image.size, w, h, shard, abstar, image.offset_data,
@@ -138,8 +143,85 @@ def scan_webdataset(tars: list[str], tars_per_shard: int = 1, apply_exif: bool =
                 raise DatasetError(f"webdataset __key__ {name!r} is also the name of the broken tar {tar}")
             seen[name] = (k, tar)
             row(name, name, shard=shard, tar=abstar, error=broken)
-    df = pd.DataFrame(rows, columns=[*MANIFEST_COLUMNS, "shard", "tar", "offset", "error", "txt", "json"])
+    df = pd.DataFrame(rows, columns=[*HEADER_COLUMNS, "shard", "tar", "offset", "error", "txt", "json"])
     return df.astype({"bytes": "int64", "width": "int32", "height": "int32", "shard": "int64", "offset": "int64"})
+
+
+def tar_root(tars: list[str]) -> str:
+    """The folder a tar source's manifest names its tars relative to (the extraction's --root): the deepest folder
+    holding them all, as given (relative stays relative), so a job can read the same tars staged elsewhere."""
+    dirs = [os.path.normpath(os.path.dirname(t) or ".") for t in tars]
+    try:
+        return os.path.commonpath(dirs) or "." if dirs else "."
+    except ValueError:  # absolute and relative paths mixed
+        return os.path.commonpath([os.path.abspath(d) for d in dirs])
+
+
+def tar_rows(tars: list[str], root: str, shards: list[int], failures: list[str] | None = None):
+    """A tar source's manifest rows, from the tar names alone (no tar is opened): `tar` relative to `root`, the
+    tar's `shard`, and for a urls source `failures`: its img2dataset parquet of failed URLs, relative to `root`."""
+    import pandas as pd
+
+    cols = {"tar": [os.path.relpath(t, root) for t in tars], "shard": shards}
+    if failures is not None:
+        cols["failures"] = [os.path.relpath(f, root) if f else "" for f in failures]
+    return pd.DataFrame(cols).astype({"shard": "int64"})
+
+
+def scan_tar_rows(rows, root: str | os.PathLike, apply_exif: bool = True, headers: bool = False):
+    """The samples of a tar source's manifest rows (one shard's, read by its job), as scan_webdataset gives them
+    plus each tar's failed URLs (after its members) where the rows name a `failures` parquet; each sample takes its
+    tar's `shard`. Tars resolve against `root`."""
+    import pandas as pd
+
+    tars = [os.path.join(root, t) for t in rows["tar"]]
+    df = scan_webdataset(tars, 1, apply_exif, headers)  # `shard`: the tar's position, until mapped below
+    failures = list(rows["failures"]) if "failures" in rows.columns else []
+    failed = [r for k, f in enumerate(failures) if f for r in _failed_urls(tars[k], os.path.join(root, f), k)]
+    if failed:
+        df = pd.concat([df, pd.DataFrame(failed, columns=df.columns)], ignore_index=True)
+        df = df.sort_values("shard", kind="stable").reset_index(drop=True)  # each tar's failures after its members
+        dup = df["image_id"].duplicated(keep=False)
+        if dup.any():
+            raise DatasetError(f"img2dataset keys seen twice in {root}: {' '.join(df.loc[dup, 'image_id'][:10])}")
+    df["shard"] = np.asarray(rows["shard"], np.int64)[df["shard"].to_numpy()] if len(df) else df["shard"]
+    return df.astype({"bytes": "int64", "width": "int32", "height": "int32", "shard": "int64", "offset": "int64"})
+
+
+def scan_manifest_tars(manifest: str | os.PathLike, names: set[str] | None = None,
+                       root: str | os.PathLike | None = None):
+    """The samples (scan_tar_rows) of a tar source's manifest: of every tar, or of the tars whose file name is in
+    `names` (a store's image_path starts with it: what the report draws); `root` defaults to the recorded one."""
+    import pandas as pd
+
+    from visfeat.sources.manifest import manifest_root
+
+    rows = pd.read_parquet(manifest)
+    if names is not None:
+        rows = rows[[os.path.basename(t) in names for t in rows["tar"]]]
+    return scan_tar_rows(rows, root or manifest_root(manifest) or Path(manifest).parent)
+
+
+def _failed_urls(tar: str, parquet: str | os.PathLike, k: int) -> list[tuple]:
+    """Rows (scan_webdataset's columns, shard k) for the URLs img2dataset could not store in `tar`: its parquet
+    has a status and error message for every URL (404, timeout, not an image)."""
+    import json
+
+    import pandas as pd
+
+    name, part = os.path.basename(tar), pd.read_parquet(parquet)
+    out = []
+    for r in part[part["status"] != "success"].to_dict("records"):
+        meta = {c: (None if isinstance(v, float) and v != v else v) for c, v in r.items()}  # NaN -> null
+        out.append((r["key"], f"{name}/{r['key']}", -1, -1, -1, k, os.path.abspath(tar), -1,
+                    f"img2dataset {r['status']}: {r['error_message']}",
+                    "" if meta.get("caption") is None else str(meta["caption"]), json.dumps(meta, default=str)))
+    return out
+
+
+def img2dataset_parquet(tar: str) -> str:
+    """The parquet img2dataset writes beside each tar: every URL of the tar with its status."""
+    return tar[:-len(".tar")] + ".parquet"
 
 
 def img2dataset_tars(record: str | os.PathLike) -> list[str]:
@@ -151,31 +233,12 @@ def img2dataset_tars(record: str | os.PathLike) -> list[str]:
 
 
 def scan_img2dataset(record: str | os.PathLike, shards: int = 1, apply_exif: bool = True):
-    """Manifest of a `urls` source downloaded by img2dataset (urls.download, which writes `record`, the finished
-    tars in order, beside them): the tars read as a webdataset source (scan_webdataset), plus one row per URL that
+    """The samples of a `urls` source downloaded by img2dataset (urls.download, which writes `record`, the finished
+    tars in order, beside them), all at once (a shard job reads its own: scan_tar_rows): the tars read as a webdataset source (scan_webdataset), plus one row per URL that
     img2dataset could not store (404, timeout, not an image: its NNNNN.parquet has a status and error message for
     every URL), whose `error` extraction records as the failure. The tars are spread over `shards` extraction shards
     in contiguous blocks (the tar count is unknown when the workflow is planned)."""
-    import json
-
-    import pandas as pd
-
     folder, tars = Path(record).parent, img2dataset_tars(record)
-    df = scan_webdataset(tars, 1, apply_exif)
-    failed = []
-    for k, tar in enumerate(tars):
-        name = os.path.basename(tar)
-        part = pd.read_parquet(tar[:-len(".tar")] + ".parquet")
-        for r in part[part["status"] != "success"].to_dict("records"):
-            meta = {c: (None if isinstance(v, float) and v != v else v) for c, v in r.items()}  # NaN -> null
-            failed.append((r["key"], f"{name}/{r['key']}", -1, -1, -1, k, os.path.abspath(tar), -1,
-                           f"img2dataset {r['status']}: {r['error_message']}",
-                           "" if meta.get("caption") is None else str(meta["caption"]), json.dumps(meta, default=str)))
-    if failed:
-        df = pd.concat([df, pd.DataFrame(failed, columns=df.columns)], ignore_index=True)
-        df = df.sort_values("shard", kind="stable").reset_index(drop=True)  # each tar's failures after its members
-    dup = df["image_id"].duplicated(keep=False)
-    if dup.any():
-        raise DatasetError(f"img2dataset keys seen twice in {folder}: {' '.join(df.loc[dup, 'image_id'][:10])}")
-    df["shard"] = df["shard"] * shards // max(1, len(tars))
-    return df.astype({"bytes": "int64", "width": "int32", "height": "int32", "shard": "int64", "offset": "int64"})
+    rows = tar_rows(tars, str(folder), [k * shards // max(1, len(tars)) for k in range(len(tars))],
+                    [img2dataset_parquet(t) for t in tars])
+    return scan_tar_rows(rows, folder, apply_exif, headers=True)

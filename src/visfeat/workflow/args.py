@@ -87,9 +87,11 @@ class WorkflowArgs:
         return self.source(dataset).id_style
 
     def manifest(self, dataset: str) -> str:
-        """visfeat manifest: which source kind, the root, and how the split is chosen."""
+        """visfeat manifest: which source kind, the root, how the split is chosen, and the shard count it cuts the
+        manifest into (a change of count is a change of params: the manifest is rebuilt)."""
         src = self.source(dataset)
-        return render([("--root", src.root), ("--id-style", src.id_style), *src.manifest_options()])
+        return render([("--root", src.root), ("--id-style", src.id_style), *src.manifest_options(),
+                       ("--shards", src.shard_count())])
 
     # downloads: the three kinds share one form
 
@@ -153,24 +155,41 @@ class WorkflowArgs:
         opts += [("--set", f"{k}={json.dumps(v)}") for k, v in preset_options(inst).items()]
         return render(opts)
 
+    def extract_instance(self, extractor: str) -> str:
+        """The instance's whole config entry, canonical JSON: the extract rule's plain param. Snakemake's params
+        rerun trigger skips params derived from the input (as the job's `args` is), so without it a changed option
+        (`amp`, a preset option) would not rerun the job; the job itself then reuses every row whose signature is
+        unchanged (engine/run.py), so a change that does not touch the features costs no forward."""
+        return json.dumps(self.config["extractors"][extractor], sort_keys=True, default=str)
+
     def text(self, extractor: str) -> str:
         """visfeat text: the instance's preset options (a generic preset's model and tag pick its text tower)."""
         inst = self.config["extractors"][extractor]
         return render([("--set", f"{k}={json.dumps(v)}") for k, v in preset_options(inst).items()])
 
-    def extract_job(self, dataset: str, extractor: str, weights: str | list[str], boxes: str | list[str]) -> str:
+    def extract_job(self, dataset: str, extractor: str, weights: str | list[str], boxes: str | list[str],
+                    shard: int = 0, staged: list[str] = ()) -> str:
         """The workflow's extraction job: the instance's options, how many shards the manifest is cut into, and the
-        root its paths resolve against (the job's own --shard is its wildcard)."""
+        root its paths resolve against (the job's own --shard is its wildcard); `staged`: the local copies of the
+        shard's tars when they are in object storage (their root is then the job's root)."""
+        src = self.source(dataset)
+        root = src.staged_root(shard, list(staged)) if staged else src.root
         return " ".join([self.extract(extractor, weights, boxes),
-                         render([("--shards", self.shard_count(dataset)), ("--root", self.dataset_root(dataset))])])
+                         render([("--shards", self.shard_count(dataset)), ("--root", root)])])
 
-    def merge(self, dataset: str, extractor: str) -> str:
+    def merge(self, dataset: str, extractor: str, shards: list[str] = ()) -> str:
         """visfeat merge: the shard stores as a folder and a count, not one argument each, so the command line stays
         short whatever the shard count (the rule's input still lists every store, for the DAG); `merge: virtual`
         maps the fields onto the shard stores instead of copying them (store/merge.py `merge_virtual`)."""
-        return render([("--shard-dir", f"{self.results}/{dataset}/{extractor}/shards"),
+        # the folder of the rule's own inputs when given: with a storage provider they are staged elsewhere
+        shard_dir = os.path.dirname(shards[0]) if shards else f"{self.results}/{dataset}/{extractor}/shards"
+        return render([("--shard-dir", shard_dir),
                        ("--shards", self.shard_count(dataset)),
-                       ("--mode", self.config["datasets"][dataset].get("merge", "copy"))])
+                       ("--mode", self.merge_mode(dataset))])
+
+    def merge_mode(self, dataset: str) -> str:
+        """`copy` or `virtual` (the dataset's `merge` option)."""
+        return self.config["datasets"][dataset].get("merge", "copy")
 
     # k-means and reports
 
@@ -180,19 +199,20 @@ class WorkflowArgs:
                        ("--seed", km["seed"]), ("--gpu", km["gpu"]),
                        ("--max-train-vectors", km.get("max_train_vectors") or None)])
 
-    def report_features(self, dataset: str, extractor: str) -> str:
+    def report_features(self, dataset: str, extractor: str, out_dir: str | None = None) -> str:
         """Figures of one store; rule extract's logs folder (and the shard count) gives the throughput per shard:
         each job's `{i}.stats.json` beside its `{i}.log` (engine/stats.py `throughput`)."""
         return render([("--root", self.image_root(dataset)),
-                       ("--out-dir", f"{self.results}/report/{dataset}/{extractor}"),
+                       ("--out-dir", out_dir or f"{self.results}/report/{dataset}/{extractor}"),
                        ("--weights-root", f"{self.resources}/weights"),
                        ("--log-dir", f"logs/extract/{dataset}/{extractor}"), ("--shards", self.shard_count(dataset))])
 
-    def report_kmeans(self, kmeans: str) -> str:
-        """Figures of one k-means job; the codes of its first `assign` dataset, when it has one."""
+    def report_kmeans(self, kmeans: str, out_dir: str | None = None, codes: str | None = None) -> str:
+        """Figures of one k-means job; the codes of its first `assign` dataset, when it has one. `out_dir`, `codes`:
+        the rule's own output folder and input, which a storage provider puts elsewhere than the config says."""
         km = self.config["kmeans"][kmeans]
-        opts: Options = [("--out-dir", f"{self.results}/report/kmeans/{kmeans}")]
+        opts: Options = [("--out-dir", out_dir or f"{self.results}/report/kmeans/{kmeans}")]
         if km["assign"]:
             d = km["assign"][0]
-            opts += [("--store", f"{self.results}/kmeans/{kmeans}/{d}.h5"), ("--root", self.image_root(d))]
+            opts += [("--store", codes or f"{self.results}/kmeans/{kmeans}/{d}.h5"), ("--root", self.image_root(d))]
         return render(opts)
