@@ -70,6 +70,13 @@ def test_sample_is_bounded_seeded_and_uniform(tmp_path):
     assert all(r.tobytes() in rows for r in a)  # real vectors, no duplicates invented
     assert len({r.tobytes() for r in a}) == 300
     assert not np.array_equal(a, sample_vectors(paths, "grid", 300, seed=8))
+    # exactly the seeded choice over every store's vectors in order, reading only the chunks that hold one
+    x2, _ = _clustered_store(tmp_path / "b.h5", 30, seed=6)
+    both = [*paths, str(tmp_path / "b.h5")]
+    every = np.concatenate([x, x2])
+    want = every[np.sort(np.random.default_rng(4).choice(len(every), 50, replace=False))]
+    assert np.array_equal(sample_vectors(both, "grid", 50, seed=4, chunk=3), want)
+    assert np.array_equal(sample_vectors(both, "grid", len(every), seed=4, chunk=7), every)
 
 
 def test_k_larger_than_vectors_refused_with_both_numbers(tmp_path):

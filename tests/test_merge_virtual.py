@@ -259,12 +259,14 @@ def test_a_missing_or_changed_shard_is_a_clear_error_never_fill_values(tmp_path,
 def test_virtual_merge_validates_as_the_copy_merge(tmp_path):
     preset = KINDS["regions"]
     shards = write_shards(tmp_path / "s", preset)
-    ids = [i for s in shards for i in visfeat.open(s).ids] + ["bad1", "bad2"]
-    assert merge_virtual(shards, tmp_path / "ok.h5", expected_ids=ids) == {"images": 9, "failed": 2}
-    with pytest.raises(StoreError, match="1 manifest ids missing"):
-        merge_virtual(shards, tmp_path / "m1.h5", expected_ids=ids + ["nope"])
-    with pytest.raises(StoreError, match="not in the manifest"):
-        merge_virtual(shards, tmp_path / "m2.h5", expected_ids=ids[1:])
+    ids = [visfeat.open(s).ids + [f.decode() for f in h5py.File(s)["failed/image_id"][()]] for s in shards]
+    assert merge_virtual(shards, tmp_path / "ok.h5", expected=ids) == {"images": 9, "failed": 2}
+    with pytest.raises(StoreError, match="1 manifest ids missing from shard 2"):
+        merge_virtual(shards, tmp_path / "m1.h5", expected=[*ids[:2], ids[2] + ["nope"], *ids[3:]])
+    with pytest.raises(StoreError, match="ids of shard 0 .* not in the manifest"):
+        merge_virtual(shards, tmp_path / "m2.h5", expected=[ids[0][1:], *ids[1:]])
+    with pytest.raises(StoreError, match="manifest has 3 shards, 4 shard stores"):
+        merge_virtual(shards, tmp_path / "m2.h5", expected=ids[:3])
     with pytest.raises(StoreError, match="more than once"):
         merge_virtual([shards[0], shards[0]], tmp_path / "m3.h5")
     write_shard(tmp_path / "other.h5", "butd-r101-36", ["zz"], [], seed=5)

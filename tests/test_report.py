@@ -137,3 +137,44 @@ def test_classes_figure_of_a_classifier_store_counts_top1_classes(tmp_path):
     paths = {p.name: p for p in feature_report(str(store), str(tmp_path / "rep"), root=str(root))}
     assert _pixels(paths["classes.png"], BAR_CYAN, 30) > 500, "no class bars (the 'no regions' text?)"
     assert _pixels(paths["samples.png"], GRID_CYAN) > 300, "no grid cells on the samples"
+
+
+def test_tar_images_come_from_one_tar_and_figures_sample(tmp_path):
+    """A tar source's manifest lists tars only: the report finds an image by reading its own tar's headers. Whole-store
+    figures read `sample_spans` of the rows (a bounded count spread over the store), never every row."""
+    import io
+    import tarfile
+
+    import h5py
+
+    from visfeat.analysis.report import SAMPLED_ROWS, read_image, sample_spans, sampled
+    from visfeat.sources.manifest import write_manifest
+    from visfeat.sources.tars import tar_rows
+    from visfeat.store.reader import FeatureStore
+
+    colours = {"k0": (200, 0, 0), "k1": (0, 0, 200)}
+    (tmp_path / "tars").mkdir()
+    for name, key in (("a.tar", "k0"), ("b.tar", "k1")):
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 6), colours[key]).save(buf, "PNG")
+        with tarfile.open(tmp_path / "tars" / name, "w") as t:
+            info = tarfile.TarInfo(f"{key}.png")
+            info.size = len(buf.getvalue())
+            t.addfile(info, io.BytesIO(buf.getvalue()))
+    tars = [str(tmp_path / "tars/a.tar"), str(tmp_path / "tars/b.tar")]
+    write_manifest(tar_rows(tars, str(tmp_path / "tars"), [0, 1]), tmp_path / "m.parquet", 2, root=tmp_path / "tars")
+    w = StoreWriter(tmp_path / "s.h5", [FieldSpec("global", (2,))], {"config": "{}"})
+    w.append(["k1", "k0"], ["b.tar/k1.png", "a.tar/k0.png"], np.array([[6, 8], [6, 8]]),
+             {"global": np.zeros((2, 2), np.float32)})
+    w.close()
+    s = FeatureStore(tmp_path / "s.h5")
+    assert np.asarray(read_image(str(tmp_path / "m.parquet"), s, 0))[0, 0].tolist() == list(colours["k1"])
+    assert np.asarray(read_image(str(tmp_path / "m.parquet"), s, 1))[0, 0].tolist() == list(colours["k0"])
+
+    assert sample_spans(5) == [(0, 5)] and sample_spans(0) == []
+    spans = sample_spans(10 ** 8)
+    assert sum(b - a for a, b in spans) <= SAMPLED_ROWS and spans[0][0] == 0 and spans[-1][1] == 10 ** 8
+    with h5py.File(tmp_path / "big.h5", "w") as f:
+        f["x"] = np.arange(3 * SAMPLED_ROWS)
+        got = sampled(f["x"])
+    assert len(got) <= SAMPLED_ROWS and got[0] == 0 and got[-1] == 3 * SAMPLED_ROWS - 1

@@ -55,19 +55,74 @@ def test_roundtrip_fixed_and_ragged(tmp_path):
         s["zzz"]
 
 
+
+def test_merge_checks_the_manifest_shard_by_shard(tmp_path, capsys):
+    """`visfeat merge --manifest`: shard store k against the manifest's shard k (read_shard), a tar source's
+    manifest (no per-image rows) by uniqueness alone; hashes tell ids apart whatever their byte width."""
+    import pandas as pd
+
+    from visfeat.cli import main
+    from visfeat.sources.manifest import read_shard, write_manifest
+    from visfeat.store.merge import id_hashes
+
+    ids = [f"im{i}" for i in range(30)]
+    (tmp_path / "s").mkdir()
+    write_manifest(pd.DataFrame({"image_id": ids, "path": [f"{i}.jpg" for i in ids]}), tmp_path / "m.parquet", 3)
+    parts = [list(read_shard(tmp_path / "m.parquet", k)["image_id"]) for k in range(3)]
+    for k, part in enumerate(parts):
+        _write(tmp_path / f"s/{k}.h5", part[1:], seed=k, failed=[(part[0], "empty file")] if part else ())
+    args = ["merge", "--manifest", str(tmp_path / "m.parquet"), "--shard-dir", str(tmp_path / "s"), "--shards", "3"]
+    assert main([*args, "--out", str(tmp_path / "ok.h5")]) == 0
+    assert sorted(visfeat.open(tmp_path / "ok.h5").ids + [i for i, _ in visfeat.open(tmp_path / "ok.h5").failed]) \
+        == sorted(ids)
+    assert min(len(part) for part in parts) > 2
+    moved = 1
+    _write(tmp_path / f"s/{moved}.h5", parts[moved][2:], seed=moved)  # one manifest id of the shard left out
+    assert main([*args, "--out", str(tmp_path / "bad.h5")]) == 2
+    assert f"manifest ids missing from shard {moved}" in capsys.readouterr().err
+    tars = pd.DataFrame({"tar": ["a.tar", "b.tar", "c.tar"], "shard": [0, 1, 2]})
+    write_manifest(tars, tmp_path / "t.parquet", 3)
+    _write(tmp_path / f"s/{moved}.h5", parts[moved][1:], seed=moved)
+    targs = [*args[:1], "--manifest", str(tmp_path / "t.parquet"), *args[3:]]
+    assert main([*targs, "--out", str(tmp_path / "t.h5")]) == 0
+    _write(tmp_path / f"s/{moved}.h5", parts[(moved + 1) % 3][1:], seed=moved)  # another shard's ids
+    assert main([*targs, "--out", str(tmp_path / "t2.h5")]) == 2
+    assert "appears more than once" in capsys.readouterr().err
+    assert id_hashes([b"a", b"abcdef"])[0] == id_hashes([b"a"])[0] != id_hashes([b"b"])[0]
+
+
+def test_merge_streams_the_manifest_shard_by_shard_as_read_shard_cuts_it(tmp_path):
+    """The merge's manifest ids (cli `_manifest_ids`: one pass over the file) are `read_shard`'s, shard for shard:
+    across parquet batches (more rows than one batch) and with empty shards."""
+    import pandas as pd
+
+    from visfeat.cli import _manifest_ids
+    from visfeat.sources.manifest import read_shard, write_manifest
+
+    for n, shards in ((70_000, 3), (5, 40)):
+        ids = [f"x{i}" for i in range(n)]
+        path = tmp_path / f"{n}.parquet"
+        write_manifest(pd.DataFrame({"image_id": ids, "path": ids}), path, shards)
+        got = list(_manifest_ids(str(path), shards))
+        assert got == [list(read_shard(path, k)["image_id"]) for k in range(shards)]
+        assert sum(map(len, got)) == n and (n > 5 or got.count([]) > 30)
+
 def test_merge_validates(tmp_path):
     _write(tmp_path / "0.h5", ["a", "bb"], 0, failed=[("x", "empty file")])
     _write(tmp_path / "1.h5", ["ccc"], 1)
-    res = merge([tmp_path / "0.h5", tmp_path / "1.h5"], tmp_path / "m.h5", expected_ids=["a", "bb", "ccc", "x"])
+    res = merge([tmp_path / "0.h5", tmp_path / "1.h5"], tmp_path / "m.h5", expected=[["a", "x", "bb"], ["ccc"]])
     assert res == {"images": 3, "failed": 1}
     m = visfeat.open(tmp_path / "m.h5")
     assert list(m) == ["a", "bb", "ccc"] and m["ccc"]["obj_id"].tolist() == [0, 1, 2]
     assert visfeat.open(tmp_path / "1.h5")["ccc"]["boxes"].tolist() == m["ccc"]["boxes"].tolist()
 
     with pytest.raises(StoreError, match="missing"):
-        merge([tmp_path / "0.h5"], tmp_path / "m2.h5", expected_ids=["a", "bb", "x", "ccc"])
+        merge([tmp_path / "0.h5"], tmp_path / "m2.h5", expected=[["a", "bb", "x", "ccc"]])
     with pytest.raises(StoreError, match="more than once"):
         merge([tmp_path / "0.h5", tmp_path / "0.h5"], tmp_path / "m3.h5")
+    with pytest.raises(StoreError, match="more than once"):  # a failure in one shard, a row in another
+        _write(tmp_path / "2.h5", ["x"])
+        merge([tmp_path / "0.h5", tmp_path / "1.h5", tmp_path / "2.h5"], tmp_path / "m3.h5")
     _write(tmp_path / "nan.h5", ["q"], nan=True)
     with pytest.raises(StoreError, match="non-finite.*'q'"):
         merge([tmp_path / "nan.h5"], tmp_path / "m4.h5")

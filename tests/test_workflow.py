@@ -165,6 +165,18 @@ def test_rerun_does_nothing_and_one_shard_reruns(clip_run):
     assert shard.exists() and "rule extract" in p.stdout + p.stderr
 
 
+def test_changed_extractor_option_reruns_its_extract_jobs(clip_run, tmp_path):
+    """A changed instance option (here `amp`) plans the extract jobs again: the rule's `args` param is derived from
+    its input, which Snakemake's params trigger skips, so the instance's config is also a plain param."""
+    changed = tmp_path / "amp.yaml"
+    changed.write_text(yaml.safe_dump({"extractors": {"clip-vit-b32": {"batch_size": 3, "amp": True}}}))
+    p = snakemake(clip_run, "-n", "--configfile", str(changed))
+    out = p.stdout + p.stderr
+    assert "rule extract" in out and "params have changed" in out
+    p = snakemake(clip_run, "-n")  # the config as it was: no extract job (other tests may leave a merge to do)
+    assert "rule extract" not in p.stdout + p.stderr
+
+
 def test_end_of_run_names_the_stores_written_and_their_failures(clip_run):
     """The Snakefile's onsuccess: each store the run wrote, its image count and its failed ids (a shard only as a
     target of its own); a run with nothing to do prints nothing."""
@@ -317,7 +329,11 @@ def test_webdataset_source_gives_the_features_of_the_same_images_in_a_folder(tmp
     snakemake(wd, "results/cc/effnet-lite0.h5", "results/folder/effnet-lite0.h5")
     import pandas as pd
 
-    manifest = pd.read_parquet(wd / "results/cc/manifest.parquet")
+    from visfeat.sources.manifest import manifest_root
+    from visfeat.sources.tars import scan_tar_rows
+
+    path = wd / "results/cc/manifest.parquet"  # a tar source's manifest lists its tars; their samples:
+    manifest = scan_tar_rows(pd.read_parquet(path), manifest_root(path))
     assert manifest.set_index("image_id")["txt"]["000010000"] == "photo 000010000"
     assert json.loads(manifest.set_index("image_id")["json"]["000000001"])["url"] == "http://127.0.0.1/000000001.jpg"
     assert sorted(p.name for p in (wd / "results/cc/effnet-lite0/shards").glob("*.h5")) == ["0.h5", "1.h5"]

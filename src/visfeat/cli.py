@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -38,7 +39,9 @@ def cmd_inspect(a) -> int:
 def cmd_export(a) -> int:
     from visfeat.interop.exporters import export
 
-    n = export(a.format, a.file, a.out, split=a.split, names=a.names)
+    vectors = {k: v for k, v in (("field", a.field), ("part_rows", a.part_rows), ("dtype", a.dtype),
+                                 ("normalize", a.normalize)) if v is not None}
+    n = export(a.format, a.file, a.out, split=a.split, names=a.names, **vectors)
     print(f"exported {n} images to {a.out} ({a.format})")
     return 0
 
@@ -89,16 +92,48 @@ def numbered_files(files: list[str], folder: str | None, count: int | None, suff
     return [f"{folder}/{i}{suffix}" for i in range(count)]
 
 
-def cmd_merge(a) -> int:
-    import pandas as pd
+def _manifest_ids(path: str, shards: int) -> Iterator[list[str]]:
+    """The manifest's image ids shard by shard, streamed once through the file in its order (sorted by shard:
+    `write_manifest`), so the merge holds one batch and one shard of them. A manifest written before shards were
+    recorded is read whole and cut as its jobs cut it."""
+    import numpy as np
+    import pyarrow.parquet as pq
 
+    from visfeat.sources.manifest import manifest_shards, shard_index
+
+    recorded = manifest_shards(path)
+    if recorded is None:
+        import pandas as pd
+
+        df = pd.read_parquet(path)
+        key = df["shard"] if "shard" in df.columns else shard_index(df["image_id"], shards)
+        whole = {k: list(g) for k, g in df["image_id"].groupby(key)}
+        yield from (whole.get(k, []) for k in range(shards))
+        return
+    k, part = 0, []
+    for batch in pq.ParquetFile(path).iter_batches(columns=["image_id", "shard"]):
+        ids, of = batch.column(0).to_pylist(), batch.column(1).to_numpy()
+        cuts = [0, *(np.flatnonzero(np.diff(of)) + 1).tolist(), len(of)]
+        for a, b in zip(cuts, cuts[1:]):
+            while k < of[a]:
+                yield part
+                k, part = k + 1, []
+            part.extend(ids[a:b])
+    for _ in range(k, recorded):
+        yield part
+        part = []
+
+
+def cmd_merge(a) -> int:
+    from visfeat.sources.manifest import per_image_rows
     from visfeat.store.merge import merge, merge_virtual
 
     shards = numbered_files(a.shards, a.shard_dir, a.count, ".h5", "merge --shard-dir/--shards")
     if not shards:
         raise SystemExit("merge: no shards given (SHARD.h5 ..., or --shard-dir DIR --shards N)")
-    expected = list(pd.read_parquet(a.manifest)["image_id"]) if a.manifest else None
-    res = (merge_virtual if a.mode == "virtual" else merge)(shards, a.out, expected_ids=expected)
+    # a manifest of tars (webdataset, urls) names no images: then the ids are only checked to be unique
+    expected = _manifest_ids(a.manifest, len(shards)) if a.manifest and per_image_rows(a.manifest) else None
+    res = (merge_virtual if a.mode == "virtual" else merge)(shards, a.out, expected=expected)
     print(f"merged {len(shards)} shards -> {a.out} ({a.mode}): {res['images']} images, {res['failed']} failed")
     return 0
 
@@ -251,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from visfeat.interop.exporters import EXPORTERS
     from visfeat.interop.importers import READERS
+    from visfeat.interop.retrieval import DTYPES, PART_ROWS
 
     p = sub.add_parser("export", help="write a store in a layout downstream code reads")
     p.add_argument("--format", required=True, help=", ".join(EXPORTERS))
@@ -260,6 +296,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--names", choices=["id", "stem"], default="id",
                    help="name images by store id (default) or by image file stem, as LXMERT/X-LXMERT/MMF name "
                         "them (COCO_val2014_000000000042 for coco id 42)")
+    g = p.add_argument_group("embedding-reader (clip-retrieval's layout; OUT a folder or s3://bucket/prefix, "
+                             "endpoint and keys from AWS_ENDPOINT_URL / AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)")
+    g.add_argument("--field", help="the image store's fixed 1-D field to export (default global)")
+    g.add_argument("--part-rows", type=int, help=f"rows per img_emb_{{i}}.npy part (default {PART_ROWS}, as "
+                   "clip-retrieval)")
+    g.add_argument("--dtype", choices=DTYPES, help=f"default {DTYPES[0]}, as clip-retrieval writes")
+    g.add_argument("--no-normalize", dest="normalize", action="store_const", const=False,
+                   help="keep the store's values (default: L2-normalised, as clip-retrieval writes)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("import", help="a published feature file into a store")
@@ -289,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(repeat)")
     p.add_argument("--tars-per-shard", type=int, default=1, help="webdataset: tars per shard (extraction job)")
     p.add_argument("--downloaded", help="urls: the record `visfeat download-urls` wrote beside img2dataset's tars")
-    p.add_argument("--shards", type=int, default=1, help="urls: extraction shards the tars are spread over")
+    p.add_argument("--shards", type=int, default=1, help="extraction shards the manifest is cut into (urls: the "
+                   "tars are spread over them; webdataset: at least its tar count / --tars-per-shard)")
     p.add_argument("--list")
     p.add_argument("--folder", action="append", default=[],
                    help="folders: image folder under root (repeat); annotation: the images folder; "

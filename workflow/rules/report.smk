@@ -1,5 +1,6 @@
 rule report_features:
-    # figures for `snakemake --report`: sample images, feature norms, failures, throughput per shard
+    # figures for `snakemake --report`: sample images, feature norms, failures, throughput per shard; whole-store
+    # figures read a bounded sample of rows spread over the store (analysis/report.py `sample_spans`)
     input:
         f"{R}/{{dataset}}/{{extractor}}.h5",
     output:
@@ -34,7 +35,7 @@ rule report_features:
             subcategory="{extractor}",
         ),
     params:
-        args=lambda wc: ARGS.report_features(wc.dataset, wc.extractor),
+        args=lambda wc, output: ARGS.report_features(wc.dataset, wc.extractor, os.path.dirname(output.samples)),
     log:
         "logs/report_features/{dataset}/{extractor}.log",
     conda:
@@ -66,7 +67,9 @@ rule report_kmeans:
             subcategory="{kmeans}",
         ),
     params:
-        args=lambda wc: ARGS.report_kmeans(wc.kmeans),
+        args=lambda wc, input, output: ARGS.report_kmeans(
+            wc.kmeans, os.path.dirname(output.objective), input.get("codes")
+        ),
     log:
         "logs/report_kmeans/{kmeans}.log",
     conda:

@@ -21,7 +21,8 @@ import numpy as np
 
 from visfeat.version import __version__
 from visfeat.store.format import Attr, FieldSpec, hw_name
-from visfeat.store.reader import FeatureStore, iter_rows
+from visfeat.store.reader import FeatureStore, iter_rows, rows_of
+from visfeat.store.vds import ShardWindow
 from visfeat.store.writer import atomic_path, writing
 
 
@@ -52,7 +53,11 @@ def _vectors(fields: dict, field: str) -> np.ndarray:
 
 
 def sample_vectors(paths: list[str], field: str, n_sample: int, seed: int, chunk: int = 256) -> np.ndarray:
-    """A seeded uniform sample (without replacement) of `n_sample` vectors, read in row chunks."""
+    """A seeded uniform sample (without replacement) of `n_sample` vectors. A field's vectors are its dataset's rows
+    (a ragged field's too: its rows are the regions or cells) flattened to (-1, d) in store order, so only the
+    field is read, and only the row chunks holding a sampled vector: memory is the sample plus one chunk (and, in
+    a virtual store, the shard files `ShardWindow` lets HDF5 hold open), and a sample much smaller than the
+    dataset reads a fraction of it."""
     total = count_vectors(paths, field)
     rng = np.random.default_rng(seed)
     take = np.arange(total) if n_sample >= total else np.sort(rng.choice(total, n_sample, replace=False))
@@ -61,14 +66,23 @@ def sample_vectors(paths: list[str], field: str, n_sample: int, seed: int, chunk
     for p in paths:
         store = FeatureStore(p)
         _field_spec(store, field)
-        for _, _, _, fields, _ in iter_rows(store, chunk):
-            v = _vectors(fields, field)
-            lo, hi = np.searchsorted(take, [offset, offset + len(v)])
-            if out is None:
-                out = np.empty((len(take), v.shape[1]), np.float32)
-            out[filled:filled + hi - lo] = v[take[lo:hi] - offset]
-            filled += hi - lo
-            offset += len(v)
+        ds = store.h5[field]
+        window = ShardWindow(store.h5) if store.virtual and not _field_spec(store, field).ragged else None
+        per_row = int(np.prod(ds.shape[1:-1], dtype=np.int64))
+        if out is None:
+            out = np.empty((len(take), ds.shape[-1]), np.float32)
+        lo, hi = np.searchsorted(take, [offset, offset + ds.shape[0] * per_row])
+        mine = take[lo:hi] - offset  # this store's sampled vectors, sorted
+        rows = mine // per_row
+        for a in np.unique(rows // chunk) * chunk:
+            i, j = np.searchsorted(rows, [a, a + chunk])
+            if window is not None and (window.touch(int(a)) | window.touch(min(int(a) + chunk, ds.shape[0]) - 1)):
+                ds = None  # closed before reopening: HDF5 shares one open dataset (and its shard files) among
+                ds = store.h5[field]  # the handles open at once, so an overlapping reopen would close nothing
+            block = rows_of(ds, int(a), min(int(a) + chunk, ds.shape[0])).reshape(-1, ds.shape[-1])
+            out[filled:filled + j - i] = block[mine[i:j] - a * per_row]
+            filled += j - i
+        offset += ds.shape[0] * per_row
         store.close()
     assert out is not None and filled == len(take)
     return out

@@ -22,23 +22,68 @@ import numpy as np  # noqa: E402
 
 from visfeat.extractors.vocab import WEIGHTS_ROOT, logit_words  # noqa: E402
 from visfeat.sources.images import ImageError, load_image, load_tar_member  # noqa: E402
-from visfeat.store.format import IMAGE_HW, IMAGE_ID, IMAGE_PATH, Attr, offsets_name  # noqa: E402
-from visfeat.store.reader import FeatureStore  # noqa: E402
+from visfeat.store.format import FAILED_ID, FAILED_REASON, IMAGE_HW, IMAGE_ID, IMAGE_PATH, Attr, offsets_name  # noqa: E402
+from visfeat.store.reader import FeatureStore, rows_of  # noqa: E402
 
 
 GRID_COLOR = "#00ffff"  # the grid cells' lines: pure cyan, rare in photos
 BAR_COLOR = "tab:cyan"  # class bars (classes.png, show)
-SAMPLED_ROWS = 20000  # rows a whole-store figure reads (norms, top-1 classes): enough to see, bounded in time
+SAMPLED_ROWS = 20000  # rows a whole-store figure reads (norms, boxes, classes, failures): enough to see, bounded
+SAMPLED_SPANS = 20  # ... as this many runs of consecutive rows spread over the store: a virtual store's read opens
+# only the shard files those runs lie in, and a sample spans the dataset rather than its first shards
+SAMPLED_BYTES = 1 << 28  # ... and fewer rows where rows are large (a grid per image), so memory stays bounded
 TOP_CLASSES = 5  # classes `show` names for a classifier's image
 
 
+def tar_member(manifest: str, image_id: str, rel: str) -> tuple[str, int, int] | None:
+    """(tar, offset, size) of a tar source's image: the store's path names its tar and member (`NAME.tar/member`),
+    the manifest lists the tars (one row each, relative to its recorded root), and that one tar's headers give
+    the member; so a figure reads one tar's headers, never a row per image. A manifest with a row per image (as
+    written before tars were only listed) is read for that id alone."""
+    import pyarrow.parquet as pq
+
+    if "offset" in pq.read_schema(manifest).names:
+        t = pq.read_table(manifest, columns=["tar", "offset", "bytes"], filters=[("image_id", "==", image_id)])
+        return next(((str(a), int(o), int(n)) for a, o, n in zip(*(t[c].to_pylist() for c in t.column_names))
+                     if o >= 0), None)
+    tar = _manifest_tars(manifest).get(rel.split("/", 1)[0])
+    return None if tar is None else _tar_samples(tar).get(rel)
+
+
 @functools.lru_cache(maxsize=4)
-def _tar_members(manifest: str) -> dict[str, tuple[str, int, int]]:
-    """image id -> (tar, offset, size) of a tar source's manifest (webdataset, urls)."""
+def _manifest_tars(manifest: str) -> dict[str, str]:
+    """A tar source's tars by file name (the first part of its images' store paths), as absolute paths."""
     import pandas as pd
 
-    df = pd.read_parquet(manifest, columns=["image_id", "tar", "offset", "bytes"])
-    return {i: (t, int(o), int(n)) for i, t, o, n in zip(df["image_id"], df["tar"], df["offset"], df["bytes"]) if o >= 0}
+    from visfeat.sources.manifest import manifest_root
+
+    root = manifest_root(manifest) or str(Path(manifest).parent)
+    return {Path(t).name: str(Path(root) / t) for t in pd.read_parquet(manifest, columns=["tar"])["tar"]}
+
+
+@functools.lru_cache(maxsize=64)
+def _tar_samples(tar: str) -> dict[str, tuple[str, int, int]]:
+    """Store path -> (tar, offset, size) of one tar's image members, from its headers (tars.scan_webdataset)."""
+    from visfeat.sources.tars import scan_webdataset
+
+    df = scan_webdataset([tar], headers=False)
+    return {p: (t, int(o), int(n)) for p, t, o, n in zip(df["path"], df["tar"], df["offset"], df["bytes"]) if o >= 0}
+
+
+def sample_spans(n: int, rows: int = SAMPLED_ROWS, spans: int = SAMPLED_SPANS) -> list[tuple[int, int]]:
+    """Row ranges [a, b) of about `rows` rows in `spans` equal runs spaced evenly over 0..n: every row when n fits."""
+    if n <= rows:
+        return [(0, n)] if n else []
+    run = max(1, rows // spans)
+    return [(int(a), int(a) + run) for a in np.linspace(0, n - run, spans).round().astype(np.int64)]
+
+
+def sampled(ds) -> np.ndarray:
+    """`sample_spans` of a dataset's rows (images, or a ragged field's rows: boxes), concatenated."""
+    row = max(1, int(np.prod(ds.shape[1:], dtype=np.int64)) * ds.dtype.itemsize)
+    rows = min(SAMPLED_ROWS, max(SAMPLED_SPANS, SAMPLED_BYTES // row))
+    parts = [rows_of(ds, a, b) for a, b in sample_spans(len(ds), rows)]
+    return np.concatenate(parts) if parts else rows_of(ds, 0, 0)
 
 
 def _root_hint(store: FeatureStore) -> str:
@@ -65,7 +110,7 @@ def read_image(root: str | None, store: FeatureStore, i: int):
     if root is None:
         raise FileNotFoundError(f"{image_id} is {rel} under its dataset root: pass {_root_hint(store)}")
     if root.endswith(".parquet"):
-        member = _tar_members(root).get(image_id)
+        member = tar_member(root, image_id, rel)
         if member is None:
             raise FileNotFoundError(f"{image_id} is not in {root}: pass {_root_hint(store)}")
         return load_tar_member(*member)
@@ -181,29 +226,33 @@ def feature_report(store_path: str, out_dir: str, root: str | None = None,
     _save(fig, paths[-1])
 
     names = {sp.name for sp in s.specs}
-    field = "global" if "global" in names else ("features" if "features" in names else s.specs[0].name)
-    data = s.h5[field][: min(n, SAMPLED_ROWS) if field != "features" else None]
+    spec = next(sp for sp in s.specs if sp.name == ("global" if "global" in names else
+                                                     "features" if "features" in names else s.specs[0].name))
+    data = sampled(s.h5[spec.name])
     vecs = data.reshape(-1, data.shape[-1]) if data.ndim > 1 else data[:, None]
     norms = np.linalg.norm(vecs.astype(np.float32), axis=1) if len(vecs) else np.zeros(0)
-    boxes = next((offsets_name(sp.ragged) for sp in s.specs if sp.name == "boxes" and sp.ragged), None)
+    boxes = next((sp.ragged for sp in s.specs if sp.name == "boxes" and sp.ragged), None)
     fig, axes = plt.subplots(1, 2 if boxes else 1, figsize=(10 if boxes else 5, 3.5), squeeze=False)
     axes[0, 0].hist(norms, bins=30, color="tab:blue")
-    axes[0, 0].set(title=f"L2 norm of {field} vectors ({len(norms)})", xlabel="norm", ylabel="count")
+    axes[0, 0].set(title=f"L2 norm of {spec.name} vectors ({len(norms)})", xlabel="norm", ylabel="count")
     if boxes:  # the boxes' group offsets: boxes per image
-        counts = np.diff(s.h5[boxes][()])
+        counts = np.concatenate([np.diff(s.h5[offsets_name(boxes)][a:b + 1]) for a, b in sample_spans(n)]
+                                or [np.zeros(0, np.int64)])
         axes[0, 1].hist(counts, bins=range(int(counts.max(initial=0)) + 2), color="tab:green")
-        axes[0, 1].set(title="boxes per image", xlabel="boxes", ylabel="images")
+        axes[0, 1].set(title=f"boxes per image ({len(counts)} of {n} images)", xlabel="boxes", ylabel="images")
     paths.append(out / "norms.png")
     _save(fig, paths[-1])
 
     paths.append(_classes(s, out / "classes.png", words, class_names))
 
-    failed = s.failed
+    n_failed = len(s.h5[FAILED_ID])
+    failed = [(i.decode(), r.decode()) for i, r in zip(sampled(s.h5[FAILED_ID]), sampled(s.h5[FAILED_REASON]))]
     fig, ax = plt.subplots(figsize=(6, 3))
     if failed:
         kinds = Counter(r.split(":")[0] for _, r in failed)
         ax.barh(list(kinds), list(kinds.values()), color="tab:red")
-        ax.set(title=f"{len(failed)} failed of {n + len(failed)} images", xlabel="images")
+        of = "" if len(failed) == n_failed else f"; reasons of {len(failed)}"
+        ax.set(title=f"{n_failed} failed of {n + n_failed} images{of}", xlabel="images")
         for k, (i, r) in enumerate(failed[:6]):
             ax.text(1.02, 0.95 - 0.12 * k, f"{i}: {r[:60]}", transform=ax.transAxes, fontsize=6, va="top")
     else:
@@ -228,12 +277,14 @@ def feature_report(store_path: str, out_dir: str, root: str | None = None,
 
 
 def _top1_classes(s: FeatureStore, names, top: int) -> tuple[list[tuple[str, int]], int]:
-    """The most frequent top-1 classes of a classifier's `logits` over the first SAMPLED_ROWS images, and how many
-    images that is; read in blocks, so a large store's logits are never in memory at once."""
-    n = min(len(s), SAMPLED_ROWS)
-    counts = Counter()
-    for a in range(0, n, 4096):
-        counts.update(np.argmax(s.h5["logits"][a:min(a + 4096, n)], axis=1).tolist())
+    """The most frequent top-1 classes of a classifier's `logits` over SAMPLED_ROWS images (`sample_spans`), and
+    how many images that is; read a span at a time, so a large store's logits are never in memory at once."""
+    counts, n = Counter(), 0
+    for a, b in sample_spans(len(s)):
+        for c in range(a, b, 4096):
+            block = s.h5["logits"][c:min(c + 4096, b)]
+            counts.update(np.argmax(block, axis=1).tolist())
+            n += len(block)
     return [(_word(names[j]) if names else f"class {j}", c) for j, c in counts.most_common(top)], n
 
 
@@ -258,10 +309,12 @@ def _classes(s: FeatureStore, path: Path, words, names, top: int = 20) -> Path:
     panels = [("obj_id", "object classes", 0)] + ([("attr_id", "attributes", 1)] if "attr_id" in fields else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 0.25 * top + 1.2), squeeze=False)
     for ax, (field, title, w) in zip(axes.flat, panels):
-        counts = Counter(i for i in s.h5[field][()].tolist() if i >= 0).most_common(top)  # -1: none (VinVL)
+        ids = sampled(s.h5[field])
+        counts = Counter(i for i in ids.tolist() if i >= 0).most_common(top)  # -1: none (VinVL)
         labels = [_word(words[w][i]) if words else str(i) for i, _ in counts]
         ax.barh(labels[::-1], [c for _, c in counts][::-1], color=BAR_COLOR)
-        ax.set(title=f"top {len(counts)} {title} ({len(s.h5[field])} boxes)", xlabel="boxes")
+        of = "" if len(ids) == len(s.h5[field]) else f" of {len(s.h5[field])}"
+        ax.set(title=f"top {len(counts)} {title} ({len(ids)}{of} boxes)", xlabel="boxes")
         ax.tick_params(axis="y", labelsize=7)
     _save(fig, path)
     return path
@@ -314,7 +367,7 @@ def kmeans_report(centroids_h5: str, codes_store: str | None, out_dir: str, root
                       interpolation="nearest")
             ax.set_xlim(0, w)
             ax.set_ylim(h, 0)
-            ax.set_title(f"{s.ids[int(i)]}: {len(np.unique(codes))} codes", fontsize=7)
+            ax.set_title(f"{s.h5[IMAGE_ID].asstr()[int(i)]}: {len(np.unique(codes))} codes", fontsize=7)
             ax.axis("off")
         paths.append(out / "codes.png")
         _save(fig, paths[-1])

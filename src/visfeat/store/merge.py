@@ -3,10 +3,14 @@
 `failed` group, the ragged offsets rebased) and maps each field onto the shards' rows as HDF5 virtual datasets,
 so a merge writes O(images) bytes instead of every feature again, and h5py reads it as the copy (store/vds.py:
 how). Both stream and validate alike: one extractor run (MERGE_KEYS), every id once, declared shapes, finite
-values, and given the manifest, its ids exactly."""
+values, and given the manifest, its ids exactly. Memory is one shard's, whatever the dataset's size: the manifest's
+ids are compared shard by shard (`expected[k]`, which the caller reads from the manifest: the store layer never
+reads a manifest), and without them (no manifest, or one that lists tars, not images) ids are told apart across
+shards by 64-bit hashes, 8 bytes an image (`IdsOnce`)."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import h5py
@@ -34,12 +38,112 @@ from visfeat.store.reader import FeatureStore, read_failures, read_rows
 from visfeat.store.writer import atomic_path, writing
 
 
-def validate_rows(path: str, specs: list[FieldSpec], ids: list[str], fields: dict, seen: set[str]) -> None:
-    """Every id once (`seen` accumulates), declared shapes, finite values."""
-    for i in ids:
-        if i in seen:
-            raise StoreError(f"image id {i!r} appears more than once (in {path})")
-        seen.add(i)
+ExpectedIds = Iterable[Iterable[str]]  # item k: the manifest's ids of shard k, taken when shard store k is merged
+# (a generator streaming the manifest in shard order holds one shard's ids at a time)
+
+
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)  # FNV-1a 64 (Fowler, Noll, Vo: http://www.isthe.com/chongo/tech/comp/fnv/)
+_FNV_PRIME = np.uint64(0x100000001B3)
+
+
+def id_hashes(ids: Sequence[bytes]) -> np.ndarray:
+    """64-bit FNV-1a of each utf-8 id, vectorised over the ids (one numpy pass per byte position), so telling ids
+    apart across a whole dataset costs 8 bytes an image instead of a Python string."""
+    if not len(ids):
+        return np.empty(0, np.uint64)
+    a = np.array(ids, dtype=bytes)
+    lens = np.char.str_len(a)
+    b = a.view(np.uint8).reshape(len(a), -1)
+    h = np.full(len(a), _FNV_OFFSET, np.uint64)
+    for j in range(b.shape[1]):
+        h = np.where(lens > j, (h ^ b[:, j]) * _FNV_PRIME, h)
+    return h
+
+
+def shard_ids(h: h5py.File) -> tuple[list[bytes], list[bytes]]:
+    """A shard store's image ids and failed ids, as utf-8 bytes (O(shard))."""
+    return list(h[IMAGE_ID][()]), list(h[FAILED_ID][()])
+
+
+class IdsOnce:
+    """"Every id once" across shards: exact within a shard (a set of its ids, O(shard)) and, across shards without
+    a manifest to compare each shard with, by 64-bit hashes of every id; hashes seen twice are then looked up
+    exactly in a second pass, so a hash collision is never reported as a repeated id."""
+
+    def __init__(self, stores: list[FeatureStore], expected: ExpectedIds | None):
+        self.stores, self.expected = stores, None if expected is None else iter(expected)
+        self.hashes = np.empty(0 if expected is not None else self._total(), np.uint64)
+        self.filled = 0
+
+    def _total(self) -> int:
+        n = 0
+        for s in self.stores:
+            n += s.h5[IMAGE_ID].shape[0] + s.h5[FAILED_ID].shape[0]
+            s.close()
+        return n
+
+    def shard(self, k: int, ids: list[bytes], failed: list[bytes]) -> None:
+        """Shard k's ids and failed ids: each once; the manifest's shard k exactly, when given."""
+        path = self.stores[k].path
+        seen: set[bytes] = set()
+        for i in ids:
+            if i in seen:
+                raise StoreError(f"image id {i.decode()!r} appears more than once (in {path})")
+            seen.add(i)
+        for i in failed:
+            if i in seen:
+                raise StoreError(f"image id {i.decode()!r} is both extracted and failed, or failed twice (in {path})")
+            seen.add(i)
+        if self.expected is None:
+            h = id_hashes(ids + failed)
+            self.hashes[self.filled:self.filled + len(h)] = h
+            self.filled += len(h)
+            return
+        part = next(self.expected, None)
+        if part is None:
+            raise StoreError(f"the manifest has {k} shards, {len(self.stores)} shard stores given")
+        want = [str(i).encode() for i in part]
+        exp = set(want)
+        if len(exp) != len(want):
+            raise StoreError(f"the manifest lists an id of shard {k} more than once")
+        missing, extra = exp - seen, seen - exp
+        if missing:
+            raise StoreError(f"{len(missing)} manifest ids missing from shard {k} ({path}), e.g. "
+                             f"{sorted(x.decode() for x in missing)[:5]}")
+        if extra:
+            raise StoreError(f"{len(extra)} ids of shard {k} ({path}) not in the manifest, e.g. "
+                             f"{sorted(x.decode() for x in extra)[:5]}")
+
+    def finish(self) -> None:
+        """Across shards: no id in two of them (checked by hash, confirmed exactly)."""
+        if self.expected is not None:
+            more = sum(1 for _ in self.expected)
+            if more:
+                raise StoreError(f"the manifest has {len(self.stores) + more} shards, {len(self.stores)} shard "
+                                 "stores given")
+            return
+        h = self.hashes[:self.filled]
+        h.sort()
+        twice = np.unique(h[1:][h[1:] == h[:-1]])
+        self.hashes = np.empty(0, np.uint64)
+        if len(twice):
+            self._confirm(twice)
+
+    def _confirm(self, twice: np.ndarray) -> None:
+        where: dict[bytes, str] = {}
+        for s in self.stores:
+            ids, failed = shard_ids(s.h5)
+            s.close()
+            both = ids + failed
+            for k in np.flatnonzero(np.isin(id_hashes(both), twice)):
+                i = both[k]
+                if i in where:
+                    raise StoreError(f"image id {i.decode()!r} appears more than once (in {where[i]} and {s.path})")
+                where[i] = s.path
+
+
+def validate_rows(path: str, specs: list[FieldSpec], ids: list[str], fields: dict) -> None:
+    """Declared shapes, finite values (the ids are checked by `IdsOnce`)."""
     for spec in specs:
         arr = fields[spec.name]
         if tuple(arr.shape[1:]) != tuple(spec.shape):
@@ -57,72 +161,66 @@ def open_shards(shards: list[str | os.PathLike]) -> list[FeatureStore]:
     ulimit -n), after checking they come from one extractor run (MERGE_KEYS equal). Shared by both merge modes."""
     if not shards:
         raise StoreError("no shards to merge")
-    stores = [FeatureStore(s) for s in shards]
-    first = stores[0].attrs
-    for s in stores:
+    stores, first = [], None
+    for path in shards:
+        s = FeatureStore(path)  # opens the file: closed before the next opens (each holds HDF5's caches)
         a = s.attrs
         s.close()
+        stores.append(s)
+        first = a if first is None else first
         for k in MERGE_KEYS:
             if a.get(k) != first.get(k):
                 raise StoreError(f"{s.path}: attribute {k!r} differs from {stores[0].path}: cannot merge")
     return stores
 
 
-def check_failures(path: str, failed_ids: list[str], seen: set[str]) -> None:
-    """A failed image is neither extracted nor failed twice (`seen` accumulates)."""
-    for i in failed_ids:
-        if i in seen:
-            raise StoreError(f"image id {i!r} is both extracted and failed, or failed twice (in {path})")
-        seen.add(i)
+CHUNK_BYTES = 64 << 20  # a copy merge reads this much of a shard at a time: few HDF5 calls per row, bounded memory
+CHUNK_ROWS = (256, 8192)  # ... within these many rows
 
 
-def check_expected(seen: set[str], expected_ids: list[str] | None) -> None:
-    """Given the manifest's ids, every one was seen (as a row or a failure) and nothing else was."""
-    if expected_ids is None:
-        return
-    exp = set(expected_ids)
-    missing = exp - seen
-    extra = seen - exp
-    if missing:
-        raise StoreError(f"{len(missing)} manifest ids missing from the shards, e.g. {sorted(missing)[:5]}")
-    if extra:
-        raise StoreError(f"{len(extra)} ids not in the manifest, e.g. {sorted(extra)[:5]}")
+def chunk_rows(s: FeatureStore, specs: list[FieldSpec]) -> int:
+    """Rows of `s` a copy merge reads at a time: CHUNK_BYTES of its fields (ragged ones at their mean rows per
+    image), within CHUNK_ROWS."""
+    h, n = s.h5, max(1, len(s))
+    row = sum(h[sp.name].size * h[sp.name].dtype.itemsize for sp in specs) / n
+    return int(min(max(CHUNK_BYTES // max(row, 1), CHUNK_ROWS[0]), CHUNK_ROWS[1]))
 
 
-def merge(shards: list[str | os.PathLike], out: str | os.PathLike, expected_ids: list[str] | None = None,
-          chunk: int = 256) -> dict[str, int]:
+def merge(shards: list[str | os.PathLike], out: str | os.PathLike, expected: ExpectedIds | None = None,
+          chunk: int | None = None) -> dict[str, int]:
     """Concatenate shard stores into `out` (atomically), validating as it streams.
 
     Checks: same preset/config/weights/fields in every shard; every id once; finite values; declared shapes; and,
-    given `expected_ids` (the manifest), every expected id present exactly once as a row or a failure.
+    given `expected` (the manifest's ids, shard by shard: shard store k holds exactly expected[k], each id as a row
+    or a failure). Memory: a chunk of rows (`chunk`, or `chunk_rows`) and one shard's ids (plus 8 bytes an image
+    without `expected`).
     """
     stores = open_shards(shards)
+    once = IdsOnce(stores, expected)
     first = stores[0].attrs
     specs = stores[0].specs
     attrs = {k: v for k, v in first.items() if k not in WRITER_ATTRS}
-    seen: set[str] = set()
     n_rows = n_failed = 0
     try:
         with writing(out, specs, attrs, storage_dtype=first.get(Attr.STORAGE_DTYPE, "float32"),
                      compression=first.get(Attr.COMPRESSION) or None) as w:
-            for s in stores:
-                for a in range(0, len(s), chunk):  # read_rows: the images' sha256 travel with their rows
-                    r = read_rows(s, a, min(len(s), a + chunk))
-                    validate_rows(s.path, specs, r.ids, r.fields, seen)
+            for k, s in enumerate(stores):
+                once.shard(k, *shard_ids(s.h5))
+                step = chunk or chunk_rows(s, specs)
+                for a in range(0, len(s), step):  # read_rows: the images' sha256 travel with their rows
+                    r = read_rows(s, a, min(len(s), a + step))
+                    validate_rows(s.path, specs, r.ids, r.fields)
                     w.append(*r)
                     n_rows += len(r.ids)
                 failed = read_failures(s)
-                check_failures(s.path, [i for i, _, _ in failed], seen)
                 w.add_failures([i for i, _, _ in failed], [r for _, r, _ in failed], [d for _, _, d in failed])
                 n_failed += len(failed)
                 s.close()
-            check_expected(seen, expected_ids)
+            once.finish()
     finally:
         for s in stores:
             s.close()
     return {"images": n_rows, "failed": n_failed}
-
-
 
 
 def _layout(h: h5py.File) -> dict[str, tuple[h5py.Dataset, np.dtype, tuple[int, ...]]]:
@@ -170,11 +268,12 @@ class _Copied:
         self.rows = 0
 
 
-def merge_virtual(shards: list[str | os.PathLike], out: str | os.PathLike, expected_ids: list[str] | None = None,
+def merge_virtual(shards: list[str | os.PathLike], out: str | os.PathLike, expected: ExpectedIds | None = None,
                   chunk: int = 256) -> dict[str, int]:
     """Merge shard stores into `out` (atomically) as a virtual store; validated as `merge` validates (same
     extractor run, every id once, finite values, declared shapes, the manifest's ids exactly), streaming."""
     stores = open_shards(shards)
+    once = IdsOnce(stores, expected)
     specs = stores[0].specs
     fields = {s.name: s for s in specs}
     offsets = {offsets_name(s.ragged) for s in specs if s.ragged}
@@ -186,12 +285,11 @@ def merge_virtual(shards: list[str | os.PathLike], out: str | os.PathLike, expec
     spans: dict[str, list[tuple[str, int]]] = {name: [] for name in fields}
     base = dict.fromkeys(offsets, 0)
     sources: list[tuple[str, int, int]] = []  # relative path, bytes, images
-    seen: set[str] = set()
     n_rows = n_failed = 0
     try:
         with h5py.File(tmp, "w", track_order=False) as w:
             copied = _Copied(w, first, set(fields), offsets)
-            for s in stores:
+            for k, s in enumerate(stores):
                 have = _layout(s.h5)
                 if have.keys() != first.keys():
                     raise StoreError(f"{s.path}: datasets {sorted(set(have) ^ set(first))} differ from "
@@ -201,12 +299,11 @@ def merge_virtual(shards: list[str | os.PathLike], out: str | os.PathLike, expec
                         raise StoreError(f"{s.path}: {name} is {dtype} {shape[1:]}, {first[name][1]} "
                                          f"{first[name][2][1:]} in {stores[0].path}: cannot merge")
                 data = {name: ds[()] for name, (ds, _, _) in have.items() if name not in fields}  # O(images)
+                once.shard(k, list(data[IMAGE_ID]), list(data[FAILED_ID]))
                 ids = [x.decode() for x in data[IMAGE_ID]]
                 n = len(ids)
                 offs = {name: data[name].astype(np.int64) for name in offsets}
-                _validate_shard(s.path, specs, {name: have[name][0] for name in fields}, ids, offs, seen, chunk)
-                failed = [x.decode() for x in data[FAILED_ID]]
-                check_failures(s.path, failed, seen)
+                _validate_shard(s.path, specs, {name: have[name][0] for name in fields}, ids, offs, chunk)
                 rel = os.path.relpath(os.path.abspath(s.path), folder)
                 for name, (_, _, shape) in have.items():
                     if name in fields:
@@ -228,10 +325,10 @@ def merge_virtual(shards: list[str | os.PathLike], out: str | os.PathLike, expec
                         copied.add(name, data[name])
                 sources.append((rel, os.path.getsize(s.path), n))
                 n_rows += n
-                n_failed += len(failed)
+                n_failed += len(data[FAILED_ID])
                 s.close()
             copied.flush()
-            check_expected(seen, expected_ids)
+            once.finish()
             for name in sorted(fields):
                 _write_virtual(w, name, first[name][1], first[name][2][1:], spans[name])
             w.create_group(SOURCES, track_order=False)
@@ -256,7 +353,7 @@ def merge_virtual(shards: list[str | os.PathLike], out: str | os.PathLike, expec
 
 
 def _validate_shard(path: str, specs: list, datasets: dict[str, h5py.Dataset], ids: list[str],
-                    offsets: dict[str, np.ndarray], seen: set[str], chunk: int) -> None:
+                    offsets: dict[str, np.ndarray], chunk: int) -> None:
     """`validate_rows` over a shard's fields in row chunks (memory bounded by `chunk`)."""
     for a in range(0, len(ids), chunk):
         b = min(len(ids), a + chunk)
@@ -267,7 +364,7 @@ def _validate_shard(path: str, specs: list, datasets: dict[str, h5py.Dataset], i
                 values[s.name] = datasets[s.name][int(off[a]):int(off[b])]
             else:
                 values[s.name] = datasets[s.name][a:b]
-        validate_rows(path, specs, ids[a:b], values, seen)
+        validate_rows(path, specs, ids[a:b], values)
 
 
 def _write_virtual(w: h5py.File, name: str, dtype: np.dtype, tail: tuple[int, ...],
