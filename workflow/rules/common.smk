@@ -1,6 +1,7 @@
 # The validated config, input functions and targets. Each rule's shell line is `visfeat(...)`: the package's
 # command with src/ on PYTHONPATH, inside the rule's conda env; what the config says each command is given is
 # src/visfeat/workflow/args.py (ARGS). Nothing here reads a data file: parsing stays fast and side-effect free.
+import os
 import sys
 import shlex
 from pathlib import Path
@@ -35,6 +36,35 @@ R = config["results"]
 RES = config["resources"]
 DATASETS = config["datasets"]
 EXTRACTORS = config["extractors"]
+
+
+def _s3_locations():
+    """Every s3:// location this run uses, with where the run names it: the default storage prefix
+    (--default-storage-provider s3) and the tars of datasets in object storage."""
+    out = {}
+    if workflow.storage_settings.default_storage_provider == "s3":
+        out[workflow.storage_settings.default_storage_prefix] = "--default-storage-prefix"
+    for d in DATASETS:
+        if ARGS.source(d).remote:
+            out.update({t: f"dataset {d}" for t in ARGS.source(d).tars if t.startswith("s3://")})
+    return out
+
+
+def _s3_client(url):
+    """The boto3 client of Snakemake's S3 storage plugin for `url`: its endpoint and keys, as the jobs get them."""
+    from snakemake.io import get_flag_value
+
+    return get_flag_value(storage(url), "storage_object").provider.s3c.meta.client
+
+
+if _s3_locations():  # wrong keys or a missing bucket: one line now, not a traceback at the first upload
+    from visfeat.workflow.s3check import check_buckets
+
+    _problem = check_buckets(_s3_client, _s3_locations())
+    if _problem:
+        raise WorkflowError(_problem)
+
+
 # HF_HUB_OFFLINE: jobs never reach the hub through the libraries (open_clip, timm); weights come from the
 # fetch_weights localrule, which downloads with visfeat's own downloader
 _VISFEAT = f"HF_HUB_OFFLINE=1 PYTHONPATH={shlex.quote(VISFEAT_SRC)}${{PYTHONPATH:+:$PYTHONPATH}} python -m visfeat"
@@ -109,9 +139,12 @@ def get_boxes(wildcards):
 
 
 def get_extract_input(wildcards):
-    """An extraction job reads its shard straight from the manifest; plus the weights and given boxes it loads."""
+    """An extraction job reads its shard straight from the manifest; plus the weights and given boxes it loads, and
+    for tars in object storage its shard's tars, staged by Snakemake's storage plugin (`tars`)."""
+    src = ARGS.source(wildcards.dataset)
+    tars = [storage(t) for t in src.shard_tars(int(wildcards.i))] if src.remote else []
     return {"manifest": f"{R}/{wildcards.dataset}/manifest.parquet", "weights": get_weights(wildcards),
-            "boxes": get_boxes(wildcards)}
+            "boxes": get_boxes(wildcards), "tars": tars}
 
 
 def get_extract_env(wildcards):
@@ -161,6 +194,24 @@ def get_all_features():
 def features_of(dataset):
     """The stores all_features builds for one dataset (the features_<dataset> target)."""
     return [f for f in get_all_features() if f.startswith(f"{R}/{dataset}/")]
+
+
+def has_global(extractor):
+    """The extractor's preset declares a fixed 1-D `global` vector (what `visfeat export --format embedding-reader`
+    exports)."""
+    return any(f.name == "global" and len(f.shape) == 1 and not f.ragged
+               for f in get_preset(EXTRACTORS[extractor]["preset"]).outputs)
+
+
+def get_exports():
+    """The `exports` target: clip-retrieval's layout of every configured store with a global vector and of every
+    text store."""
+    out = []
+    for entry in config["features"]:
+        out += [f"{R}/exports/{d}/{e}" for d in entry["datasets"] for e in entry["extractors"] if has_global(e)]
+    for name, t in config["text"].items():
+        out += [f"{R}/exports/text/{name}/{e}" for e in t["extractors"]]
+    return list(dict.fromkeys(out))
 
 
 def get_all_weights():
