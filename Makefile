@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup setup-urls run test bench lint slurm
+.PHONY: setup setup-urls setup-retrieval run test bench lint slurm
 
 $(STAMP): requirements.txt pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +23,19 @@ $(I2D_STAMP): envs/img2dataset.yaml $(STAMP)
 	$(BIN)/python -c "import yaml; d = yaml.safe_load(open('envs/img2dataset.yaml'))['dependencies']; print('\n'.join(next(x['pip'] for x in d if isinstance(x, dict))))" > $(I2D)/requirements.txt
 	$(I2D)/bin/python -m pip install -q -r $(I2D)/requirements.txt
 	touch $(I2D_STAMP)
+
+RET := .venv-retrieval
+RET_STAMP := $(RET)/.installed
+
+# embedding-reader and autofaiss (the readers tests/test_exporters_retrieval.py runs on an export) need numpy<2 and
+# pandas<3: their own venv, with envs/retrieval.yaml's pins
+$(RET_STAMP): envs/retrieval.yaml $(STAMP)
+	test -x $(RET)/bin/python || $(PY) -m venv $(RET)
+	$(BIN)/python -c "import yaml; d = yaml.safe_load(open('envs/retrieval.yaml'))['dependencies']; print('\n'.join(next(x['pip'] for x in d if isinstance(x, dict))))" > $(RET)/requirements.txt
+	$(RET)/bin/python -m pip install -q -r $(RET)/requirements.txt
+	touch $(RET_STAMP)
+
+setup-retrieval: $(RET_STAMP)
 
 # `make setup` is the main venv only; img2dataset's venv (large) only where a `urls` source needs it: `make run`
 # builds it when config/config.yaml configures one, `make test` for tests/test_urls.py, or `make setup-urls`
@@ -45,7 +58,7 @@ slurm:
 	    || echo "apt-get failed: the SLURM test will be skipped"; \
 	else echo "not root with apt-get: the SLURM test will be skipped"; fi
 
-test: setup setup-urls slurm
+test: setup setup-urls setup-retrieval slurm
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m pytest -rs --durations=25 $(PYTEST_ARGS)
 
 lint: setup
@@ -53,3 +66,10 @@ lint: setup
 
 bench: setup
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python bench/clip_pipeline.py
+
+# The GPU acceptance run (bench/gpu_check.py): every CUDA path against the CPU, and timed, within GPU_CHECK_BUDGET
+# seconds; prints the table, writes it to bench/out/gpu_check.json. On a CPU: GPU_CHECK_ARGS="--device cpu --smoke"
+.PHONY: gpu-check
+GPU_CHECK_BUDGET ?= 450
+gpu-check: setup
+	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python bench/gpu_check.py --budget-s $(GPU_CHECK_BUDGET) $(GPU_CHECK_ARGS)

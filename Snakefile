@@ -19,6 +19,7 @@ include: "workflow/rules/published.smk"
 include: "workflow/rules/text.smk"
 include: "workflow/rules/kmeans.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/export.smk"
 
 
 rule all_features:

@@ -24,6 +24,9 @@ Available:
   holding features (K, D) float32, obj_id, boxes (K, 4) original pixels, img_w, img_h.
 - `xlxmert-grid8` (X-LXMERT `{backbone}_{split}_grid8.h5`): OUT is one HDF5 file with a group per image id
   holding `features` (8, 8, D) float32.
+- `embedding-reader` (clip-retrieval's img_emb/ + metadata/ npy and parquet parts, read by embedding-reader and
+  autofaiss): OUT is a folder or s3://bucket/prefix; one vector per image (a fixed 1-D field, `global` by default)
+  or per caption of a text store; see visfeat/interop/retrieval.py.
 A store that is not what a layout's readers read is refused before anything is written, in one line naming
 what they expect and what the store holds (`_refuse`): X-LXMERT reads exactly its grid and box shapes, LXMERT and
 MMF read regions, X-modaler a grid and a global vector.
@@ -37,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from visfeat.interop import retrieval
 from visfeat.store.format import Attr, offsets_name
 from visfeat.store.reader import FeatureStore, iter_rows
 
@@ -299,15 +303,40 @@ def export_xlxmert_grid8(path: str, out: str, names: str = "id") -> int:
     return n
 
 
+def export_embedding_reader(path: str, out: str, field: str = "global", part_rows: int = retrieval.PART_ROWS,
+                            dtype: str = "float16", normalize: bool = True) -> int:
+    """clip-retrieval's layout (interop/retrieval.py) of a text store, or of an image store's fixed 1-D `field`."""
+    if not retrieval.is_text_store(path):
+        store = FeatureStore(path)
+        if _fixed(store, field, 1) is None:
+            raise _refuse("embedding-reader", f"clip-retrieval's layout holds one vector per image (a fixed 1-D "
+                          f"field: {field!r}; --field names another)", _has(store))
+        store.close()
+    return retrieval.export_embedding_reader(path, out, field=field, part_rows=part_rows, dtype=dtype,
+                                             normalize=normalize)
+
+
 EXPORTERS = {"xmodaler-npz": export_xmodaler_npz, "lxmert-h5": export_lxmert_h5, "lxmert-tsv": export_lxmert_tsv,
              "vissl-npy": export_vissl_npy, "mmf-npy": export_mmf_npy,
-             "xlxmert-boxes36": export_xlxmert_boxes36, "xlxmert-grid8": export_xlxmert_grid8}
+             "xlxmert-boxes36": export_xlxmert_boxes36, "xlxmert-grid8": export_xlxmert_grid8,
+             "embedding-reader": export_embedding_reader}
 SPLIT_FORMATS = ("vissl-npy",)  # formats whose file names carry a split (`visfeat export --split`)
+VECTOR_FORMATS = ("embedding-reader",)  # one vector per row, in parts: `--field`, `--part-rows`, `--dtype`,
+# `--no-normalize`; rows keep the store's ids, so `--names` does not apply
 
 
-def export(fmt: str, path: str, out: str, split: str | None = None, names: str = "id") -> int:
+def export(fmt: str, path: str, out: str, split: str | None = None, names: str = "id", **vectors) -> int:
+    """Export the store at `path` as `fmt` to `out`; `vectors`: the VECTOR_FORMATS' options (field, part_rows,
+    dtype, normalize)."""
     if fmt not in EXPORTERS:
         raise ValueError(f"unknown export format {fmt!r}; available: {', '.join(EXPORTERS)}")
+    if fmt in VECTOR_FORMATS:
+        if split is not None or names != "id":
+            raise ValueError(f"{fmt} writes rows with their store ids: --split and --names do not apply")
+        return EXPORTERS[fmt](path, out, **vectors)
+    if vectors:
+        raise ValueError(f"--{next(iter(vectors)).replace('_', '-')} applies to {', '.join(VECTOR_FORMATS)}, "
+                         f"not {fmt}")
     if fmt in SPLIT_FORMATS:  # images are rows (inds), not names
         if names != "id":
             raise ValueError(f"{fmt} names no images (it writes row indices): --names does not apply")
