@@ -106,10 +106,10 @@ def test_offline_message_names_repo_file_revision_and_place(tmp_path, monkeypatc
     """An extraction with no file: no network is tried; the message says what to fetch and where to put it."""
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: a request would fail differently
     with pytest.raises(WeightsMissing) as e:
-        hub.weights_file("open_clip", "ViT-SO400M-14-SigLIP-384", "webli", None, str(tmp_path))
+        hub.weights_file("open_clip", "ViT-SO400M-16-SigLIP2-384", "webli", None, str(tmp_path))  # not pinned
     msg = str(e.value)
-    dest = tmp_path / "openclip/ViT-SO400M-14-SigLIP-384/webli/open_clip_model.safetensors"
-    for part in ("timm/ViT-SO400M-14-SigLIP-384", "open_clip_model.safetensors", "revision main", str(dest),
+    dest = tmp_path / "openclip/ViT-SO400M-16-SigLIP2-384/webli/open_clip_model.safetensors"
+    for part in ("timm/ViT-SO400M-16-SigLIP2-384", "open_clip_model.safetensors", "revision main", str(dest),
                  "open_clip_pytorch_model.bin", "visfeat fetch-weights --preset openclip", "--weights FILE"):
         assert part in msg, (part, msg)
     with pytest.raises(WeightsMissing, match="does not exist"):

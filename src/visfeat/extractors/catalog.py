@@ -1,7 +1,9 @@
 """Every preset visfeat ships. Constants carry the file they come from."""
 from __future__ import annotations
 
-from visfeat.extractors.preset import Field, Preset, register
+from visfeat.extractors.hub import DEFAULT_ENDPOINT
+from visfeat.extractors.named_encoders import NAMED
+from visfeat.extractors.preset import PRESETS, Field, Preset, register
 from visfeat.extractors.vissl_config import RN50_LAYERS_MAP, SIMCLR_HEAD_SHIPPED
 from visfeat.extractors.weights import WeightFile
 
@@ -471,3 +473,26 @@ register(
         weights_note="the Hugging Face Hub file of the model name: resources/weights/timm/ARCH/TAG/FILE",
     )
 )
+
+# Named encoders (issue 25): a model of the `openclip` / `timm` family with fixed options and its hub file pinned
+# to a commit and sha256 (extractors/named_encoders.py, each value with the page it was read from).
+for _name, _n in NAMED.items():
+    _family = PRESETS[_n.family]
+    register(
+        Preset(
+            name=_name,
+            env=_family.env,
+            builder=_family.builder,
+            text=_family.text,
+            summary=_n.summary,
+            outputs=_ENCODER_OUTPUTS + ((_PREFIX,) if "P" in _n.sizes else ()),
+            sizes=_n.sizes,
+            outputs_note="+ layer{i} (H, W, C_i) for each i in `layers`",
+            source=f"{_family.source}; {_n.pin.repo} at {_n.pin.revision}",
+            license=_n.license,
+            citation=_n.citation,
+            options={**_n.options, "layers": []},
+            weights=(WeightFile(_n.pin.file, _n.pin.url(DEFAULT_ENDPOINT), _n.pin.sha256, _n.pin.size),),
+            check=f"visfeat.extractors.named_encoders:check_{_name}",
+        )
+    )

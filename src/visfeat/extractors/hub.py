@@ -19,10 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from visfeat.extractors.encoder_names import TOKENIZER_FILES, HubLocation, hub_location, library_of
+from visfeat.extractors.named_encoders import NAMED, HubPin
 from visfeat.extractors.weights import WeightsMissing, sha256_of
 
-# preset -> the library whose names its options give (its `model`, and open_clip's `pretrained` tag)
+# preset -> the library whose names its options give (its `model`, and open_clip's `pretrained` tag); the generic
+# families first (a file's path is under the family's name), then each named encoder of a family
 HUB_PRESETS = {"openclip": "open_clip", "timm": "timm"}
+HUB_PRESETS.update({name: HUB_PRESETS[n.family] for name, n in NAMED.items()})
 DEFAULT_ENDPOINT = "https://huggingface.co"  # huggingface_hub/constants.py ENDPOINT (HF_ENDPOINT overrides it)
 
 
@@ -55,6 +58,15 @@ def preset_file(preset: str, options: dict[str, Any], root: str | os.PathLike = 
     return str(default_path(HUB_PRESETS[preset], options["model"], options.get("pretrained"), root))
 
 
+def pinned(library: str, model: str, tag: str | None) -> HubPin | None:
+    """The pinned hub file of (library, model, tag) where a named encoder has that model: the generic family
+    given the same model fetches the same commit and checks the same sha256."""
+    lib = library_of(library)
+    want = model_tag(lib, model, tag)
+    return next((n.pin for n in NAMED.values() if HUB_PRESETS[n.family] == lib
+                 and model_tag(lib, n.options["model"], n.options.get("pretrained")) == want), None)
+
+
 def record_path(path: str | os.PathLike) -> Path:
     """The fetch's record beside the file: repo, file, resolved revision, sha256."""
     path = Path(path)
@@ -77,7 +89,11 @@ def missing_message(library: str, model: str, tag: str | None, dest: Path) -> st
     loc = hub_location(lib, model, tag)
     m, t = model_tag(lib, model, tag)
     what = f"{lib} model {m!r} tag {t!r}"
-    if loc.repo:
+    pin = pinned(lib, model, tag)
+    if pin and pin.file == dest.name:
+        where = (f"the Hugging Face Hub repo {pin.repo}, file {pin.file}, revision {pin.revision} (pinned: sha256 "
+                 f"{pin.sha256}); {pin.url(endpoint())}")
+    elif loc.repo:
         other = [f for f in loc.files if f != dest.name]
         where = (f"the Hugging Face Hub repo {loc.repo}, file {dest.name}, revision {loc.revision} (not pinned for "
                  f"generic names: the fetch records the commit and sha256){' (or ' + other[0] + ')' if other else ''}"
@@ -103,11 +119,12 @@ def weights_file(library: str, model: str, tag: str | None, weights: str | None,
         path = default_path(library, model, tag, root, file)
         if path.is_file():
             digest = sha256_of(path)
-            rec = record_path(path)
-            want = json.loads(rec.read_text())["sha256"] if rec.is_file() else None
+            rec, pin = record_path(path), pinned(library, model, tag)
+            want = (json.loads(rec.read_text())["sha256"] if rec.is_file()
+                    else pin.sha256 if pin and pin.file == file else None)  # a pinned file placed by hand
             if want and want != digest:
-                raise ValueError(f"{path}: sha256 {digest} differs from the fetched file's {want} ({rec}); "
-                                 f"delete both and fetch again")
+                whose = f"the fetched file's {want} ({rec})" if rec.is_file() else f"the pinned {want}"
+                raise ValueError(f"{path}: sha256 {digest} differs from {whose}; delete it and fetch again")
             return str(path), digest
     raise WeightsMissing(missing_message(library, model, tag, default_path(library, model, tag, root)))
 
@@ -129,7 +146,8 @@ def fetch(library: str, model: str, tag: str | None, dest: str | os.PathLike | N
           timeout: float = 60.0, retries: int = 5) -> Path:
     """Download the hub file of (library, model, tag) to `dest` (default: its path under root), resumable and
     verified where `sha256` is known, and write its record. A file already there is verified against its record.
-    `url`: a mirror's address for the file. Raises WeightsMissing with placement instructions when it fails."""
+    `url`: a mirror's address for the file. A named encoder's file is fetched at its pinned commit and checked
+    against its pinned sha256 (`pinned`). Raises WeightsMissing with placement instructions when it fails."""
     from visfeat.sources.download import DownloadError, download
 
     lib = library_of(library)
@@ -138,17 +156,22 @@ def fetch(library: str, model: str, tag: str | None, dest: str | os.PathLike | N
     if loc.repo and dest.name not in loc.files:
         raise ValueError(f"{dest.name}: not a file {lib} loads from {loc.repo} (files: {', '.join(loc.files)})")
     rec = record_path(dest)
+    pin = pinned(lib, model, tag)
+    pin = pin if pin and pin.file == dest.name else None
+    sha256 = sha256 or (pin.sha256 if pin else None)
     if dest.is_file():
         want = sha256 or (json.loads(rec.read_text())["sha256"] if rec.is_file() else None)
         if want and not sha256_of(dest).startswith(want):
             raise ValueError(f"{dest}: sha256 differs from {want}; delete it and fetch again")
         return dest
-    revision = loc.revision if url or not loc.repo else resolve_revision(loc.repo, loc.revision)
+    requested = pin.revision if pin else loc.revision
+    revision = requested if pin or url or not loc.repo else resolve_revision(loc.repo, loc.revision)
     src = url or _source(loc, dest.name, revision)
     try:
         download(src, dest, sha256=sha256, timeout=timeout, retries=retries)
         try:
-            tokenizer = _fetch_tokenizer(loc, dest.parent, url, timeout, retries) if loc.tokenizer else None
+            tokenizer = (_fetch_tokenizer(loc, dest.parent, url, timeout, retries, pin.tokenizer_revision if pin
+                                          else None) if loc.tokenizer else None)
         except DownloadError:
             dest.unlink()  # complete only with its tokenizer: the next fetch tries both again
             raise
@@ -157,20 +180,20 @@ def fetch(library: str, model: str, tag: str | None, dest: str | os.PathLike | N
     m, t = model_tag(lib, model, tag)
     rec.write_text(json.dumps({
         "library": lib, "model": m, "tag": t, "repo": loc.repo, "file": dest.name, "url": src,
-        "revision": revision, "requested_revision": loc.revision, "sha256": sha256_of(dest),
+        "revision": revision, "requested_revision": requested, "sha256": sha256_of(dest),
         **({"tokenizer": tokenizer} if tokenizer else {}),
         "fetched": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}, indent=1) + "\n")
     return dest
 
 
 def _fetch_tokenizer(loc: HubLocation, folder: Path, mirror: str | None, timeout: float,
-                     retries: int) -> dict[str, Any]:
+                     retries: int, pinned_revision: str | None = None) -> dict[str, Any]:
     """The text tower's Hugging Face tokenizer files into the weights' folder (openclip.py reads them there), so
     `visfeat text` runs offline. Each repo holds some of TOKENIZER_FILES: the ones it lacks (HTTP 404) are
-    skipped; none at all is an error."""
+    skipped; none at all is an error. `pinned_revision`: a named encoder's tokenizer commit."""
     from visfeat.sources.download import DownloadError, download
 
-    revision = loc.revision if mirror else resolve_revision(loc.tokenizer, "main")
+    revision = pinned_revision or (loc.revision if mirror else resolve_revision(loc.tokenizer, "main"))
     got = {}
     for file in TOKENIZER_FILES:
         src = f"{mirror.rsplit('/', 1)[0]}/{file}" if mirror else f"{endpoint()}/{loc.tokenizer}/resolve/{revision}/{file}"
@@ -186,10 +209,14 @@ def _fetch_tokenizer(loc: HubLocation, folder: Path, mirror: str | None, timeout
 
 
 def fetch_preset_file(preset: str, dest: str | os.PathLike, url: str | None = None) -> Path:
-    """The workflow's fetch: (model, tag, file) read back from a path `default_path` wrote."""
+    """The workflow's fetch: (model, tag, file) read back from a path `default_path` wrote; a named encoder's
+    own model and tag wherever `dest` is."""
     dest = Path(dest)
     lib = HUB_PRESETS[preset]
-    model, tag = dest.parent.parent.name, dest.parent.name
-    if lib == "timm":
-        model, tag = f"{model}.{tag}", None
+    if preset in NAMED:
+        model, tag = NAMED[preset].options["model"], NAMED[preset].options.get("pretrained")
+    else:
+        model, tag = dest.parent.parent.name, dest.parent.name
+        if lib == "timm":
+            model, tag = f"{model}.{tag}", None
     return fetch(lib, model, tag, dest, url=url)
