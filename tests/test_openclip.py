@@ -243,7 +243,11 @@ def test_text_equals_encode_text(name, tiny, tmp_path):
 def test_hf_tokenizer_offline_message(tiny, monkeypatch):
     """SigLIP 2's text needs its Hugging Face tokenizer: offline without the files, the error names the hub repo,
     the files and the folder to place them in."""
+    import huggingface_hub.constants
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    # the hub client reads HF_HUB_OFFLINE once, at import: without the constant it retries the network first
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     ex = extractor("visfeat-tiny-s2", tiny["visfeat-tiny-s2"])
     with pytest.raises(RuntimeError) as e:
         ex.encode_text(CAPTIONS)
