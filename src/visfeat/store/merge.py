@@ -18,8 +18,14 @@ import numpy as np
 
 from visfeat.store.format import (
     FAILED_ID,
+    FAILED_REASON,
+    FAILED_SHA256,
+    FORMAT,
     FORMAT_VERSION,
+    IMAGE_HW,
     IMAGE_ID,
+    IMAGE_PATH,
+    IMAGE_SHA256,
     MERGE_KEYS,
     SOURCES_BYTES,
     SOURCES_IMAGES,
@@ -34,8 +40,8 @@ from visfeat.store.format import (
     created_time,
     offsets_name,
 )
-from visfeat.store.reader import FeatureStore, read_failures, read_rows
-from visfeat.store.writer import atomic_path, writing
+from visfeat.store.reader import FeatureStore
+from visfeat.store.writer import Rows, atomic_path, writing
 
 
 ExpectedIds = Iterable[Iterable[str]]  # item k: the manifest's ids of shard k, taken when shard store k is merged
@@ -142,8 +148,8 @@ class IdsOnce:
                 where[i] = s.path
 
 
-def validate_rows(path: str, specs: list[FieldSpec], ids: list[str], fields: dict) -> None:
-    """Declared shapes, finite values (the ids are checked by `IdsOnce`)."""
+def validate_rows(path: str, specs: list[FieldSpec], ids: Sequence[str | bytes], fields: dict) -> None:
+    """Declared shapes, finite values (the ids, str or their stored utf-8 bytes, are checked by `IdsOnce`)."""
     for spec in specs:
         arr = fields[spec.name]
         if tuple(arr.shape[1:]) != tuple(spec.shape):
@@ -152,38 +158,118 @@ def validate_rows(path: str, specs: list[FieldSpec], ids: list[str], fields: dic
             where = ""
             if not spec.ragged:
                 row = int(np.flatnonzero(~np.isfinite(arr.reshape(len(arr), -1)).all(1))[0])
-                where = f" (image {ids[row]!r})"
+                where = f" (image {_decoded(ids[row])!r})"
             raise StoreError(f"{path}: non-finite values in field {spec.name}{where}")
 
 
 def open_shards(shards: list[str | os.PathLike]) -> list[FeatureStore]:
     """The shard stores (closed: reopened when streamed, one open file at a time whatever the shard count, for
-    ulimit -n), after checking they come from one extractor run (MERGE_KEYS equal). Shared by both merge modes."""
+    ulimit -n), after checking they come from one extractor run (MERGE_KEYS equal). Shared by both merge modes.
+    Each shard's attributes are read once, as stored (`_raw_attrs`): decoding every attribute of every shard cost
+    more than reading its rows."""
     if not shards:
         raise StoreError("no shards to merge")
-    stores, first = [], None
+    stores, first = [FeatureStore(shards[0])], None
+    stores[0].close()
     for path in shards:
-        s = FeatureStore(path)  # opens the file: closed before the next opens (each holds HDF5's caches)
-        a = s.attrs
-        s.close()
+        with h5py.File(path, "r") as h:
+            fmt, merged, *a = _raw_attrs(h, (Attr.FORMAT, Attr.MERGE, *MERGE_KEYS))
+        if first is None:  # shard 0: stores[0]
+            first = a
+            continue
+        # anything but the writer's FORMAT (a variable-length string), or a virtual store: FeatureStore's own
+        # checks (format, sources) refuse or pass it, as they did for every shard
+        if type(fmt) is not bytes or fmt != FORMAT.encode() or merged is not None:
+            s = FeatureStore(path)
+            s.close()
+        else:
+            s = FeatureStore.__new__(FeatureStore)  # not opened: its specs are shard 0's (Attr.FIELDS agree)
+            s.__setstate__({"path": str(path), "specs": stores[0].specs})
         stores.append(s)
-        first = a if first is None else first
-        for k in MERGE_KEYS:
-            if a.get(k) != first.get(k):
+        for k, x, y in zip(MERGE_KEYS, a, first):
+            if x != y and _decoded(x) != _decoded(y):
                 raise StoreError(f"{s.path}: attribute {k!r} differs from {stores[0].path}: cannot merge")
     return stores
+
+
+def _raw_attrs(h: h5py.File, names: Sequence[str]) -> list:
+    """The attributes as stored (strings as bytes; None where absent), without h5py's per-attribute decoding."""
+    out = []
+    for name in names:
+        try:
+            a = h5py.h5a.open(h.id, name.encode())
+        except KeyError:
+            out.append(None)
+            continue
+        arr = np.empty(a.shape, a.dtype)
+        a.read(arr)
+        out.append(arr[()])
+    return out
+
+
+def _decoded(v):
+    """An attribute as `decoded_attrs` gives it, for comparing one stored as bytes with one stored as str."""
+    return v.decode() if isinstance(v, bytes) else v
 
 
 CHUNK_BYTES = 64 << 20  # a copy merge reads this much of a shard at a time: few HDF5 calls per row, bounded memory
 CHUNK_ROWS = (256, 8192)  # ... within these many rows
 
 
-def chunk_rows(s: FeatureStore, specs: list[FieldSpec]) -> int:
-    """Rows of `s` a copy merge reads at a time: CHUNK_BYTES of its fields (ragged ones at their mean rows per
-    image), within CHUNK_ROWS."""
-    h, n = s.h5, max(1, len(s))
-    row = sum(h[sp.name].size * h[sp.name].dtype.itemsize for sp in specs) / n
+def chunk_rows(h: h5py.File, n: int, specs: list[FieldSpec]) -> int:
+    """Rows of a shard file (`n` images) a copy merge reads at a time: CHUNK_BYTES of its fields (ragged ones at
+    their mean rows per image), within CHUNK_ROWS."""
+    row = 0
+    for sp in specs:
+        d = h5py.h5d.open(h.id, sp.name.encode())
+        row += int(np.prod(d.shape)) * d.dtype.itemsize
+    row /= max(1, n)
     return int(min(max(CHUNK_BYTES // max(row, 1), CHUNK_ROWS[0]), CHUNK_ROWS[1]))
+
+
+def read(h: h5py.File, name: str, a: int = 0, b: int | None = None) -> np.ndarray:
+    """Rows a..b (to the end by default, clipped as a slice) of a dataset, strings as their stored bytes, through
+    HDF5's own read: h5py's `Dataset[...]` costs several times more per call, and a shard of small features costs
+    its calls, not its bytes."""
+    return read_ds(h5py.h5d.open(h.id, name.encode()), a, b)
+
+
+def read_ds(d: h5py.h5d.DatasetID, a: int = 0, b: int | None = None) -> np.ndarray:
+    """`read` of an open dataset."""
+    space = d.get_space()
+    shape = space.shape
+    if not shape:
+        return h5py.Dataset(d)[()]
+    b = shape[0] if b is None else min(b, shape[0])
+    a = min(a, b)
+    out = np.empty((b - a, *shape[1:]), d.dtype)
+    if b > a:
+        if b - a != shape[0]:
+            space.select_hyperslab((a, *(0 for _ in shape[1:])), out.shape)
+        d.read(h5py.h5s.create_simple(out.shape), space, out)
+    return out
+
+
+def shard_rows(h: h5py.File, specs: list[FieldSpec], ids: np.ndarray, a: int, b: int) -> Rows:
+    """Rows a..b of an open shard file as `read_rows` gives them, but with the strings (ids, paths, digests) as the
+    stored bytes: the writer stores bytes as they are, so a copy needs no decoding and re-encoding per row."""
+    counts, fields, spans = {}, {}, {}
+    for s in specs:
+        if s.ragged:
+            if s.ragged not in spans:
+                off = read(h, offsets_name(s.ragged), a, b + 1)
+                spans[s.ragged] = (int(off[0]), int(off[-1]))
+                counts[s.ragged] = np.diff(off)
+            fields[s.name] = read(h, s.name, *spans[s.ragged])
+        else:
+            fields[s.name] = read(h, s.name, a, b)
+    return Rows(list(ids[a:b]), list(read(h, IMAGE_PATH, a, b)), read(h, IMAGE_HW, a, b), fields, counts,
+                _digests(h, IMAGE_SHA256, a, b))
+
+
+def _digests(h: h5py.File, name: str, a: int, b: int) -> list:
+    """`reader.digests` as stored bytes ("" in a store written before the column)."""
+    return list(read(h, name, a, b)) if name.encode() in h.id else [""] * (b - a)
 
 
 def merge(shards: list[str | os.PathLike], out: str | os.PathLike, expected: ExpectedIds | None = None,
@@ -193,29 +279,33 @@ def merge(shards: list[str | os.PathLike], out: str | os.PathLike, expected: Exp
     Checks: same preset/config/weights/fields in every shard; every id once; finite values; declared shapes; and,
     given `expected` (the manifest's ids, shard by shard: shard store k holds exactly expected[k], each id as a row
     or a failure). Memory: a chunk of rows (`chunk`, or `chunk_rows`) and one shard's ids (plus 8 bytes an image
-    without `expected`).
+    without `expected`). Each shard file is opened once and each dataset read once per chunk (a shard of tiny
+    features costs its HDF5 calls, not its bytes).
     """
     stores = open_shards(shards)
     once = IdsOnce(stores, expected)
     first = stores[0].attrs
     specs = stores[0].specs
     attrs = {k: v for k, v in first.items() if k not in WRITER_ATTRS}
+    stores[0].close()
     n_rows = n_failed = 0
     try:
         with writing(out, specs, attrs, storage_dtype=first.get(Attr.STORAGE_DTYPE, "float32"),
                      compression=first.get(Attr.COMPRESSION) or None) as w:
             for k, s in enumerate(stores):
-                once.shard(k, *shard_ids(s.h5))
-                step = chunk or chunk_rows(s, specs)
-                for a in range(0, len(s), step):  # read_rows: the images' sha256 travel with their rows
-                    r = read_rows(s, a, min(len(s), a + step))
-                    validate_rows(s.path, specs, r.ids, r.fields)
-                    w.append(*r)
-                    n_rows += len(r.ids)
-                failed = read_failures(s)
-                w.add_failures([i for i, _, _ in failed], [r for _, r, _ in failed], [d for _, _, d in failed])
-                n_failed += len(failed)
-                s.close()
+                with h5py.File(s.path, "r") as h:  # checked by open_shards (FeatureStore's checks where they apply)
+                    ids, failed = read(h, IMAGE_ID), read(h, FAILED_ID)
+                    once.shard(k, list(ids), list(failed))
+                    n = len(ids)
+                    step = chunk or chunk_rows(h, n, specs)
+                    for a in range(0, n, step):
+                        r = shard_rows(h, specs, ids, a, min(n, a + step))
+                        validate_rows(s.path, specs, r.ids, r.fields)
+                        w.append(*r)
+                    n_rows += n
+                    w.add_failures(list(failed), list(read(h, FAILED_REASON)),
+                                   _digests(h, FAILED_SHA256, 0, len(failed)))
+                    n_failed += len(failed)
             once.finish()
     finally:
         for s in stores:
@@ -223,14 +313,15 @@ def merge(shards: list[str | os.PathLike], out: str | os.PathLike, expected: Exp
     return {"images": n_rows, "failed": n_failed}
 
 
-def _layout(h: h5py.File) -> dict[str, tuple[h5py.Dataset, np.dtype, tuple[int, ...]]]:
-    """Every dataset of a store by its path (`image_id`, `failed/reason`, ...) with its dtype and shape."""
+def _layout(h: h5py.File) -> dict[str, tuple[h5py.h5d.DatasetID, np.dtype, tuple[int, ...]]]:
+    """Every dataset of a store by its path (`image_id`, `failed/reason`, ...) with its dtype and shape (opened
+    through HDF5's own calls: `read`)."""
     names: list[str] = []
     h.visit(names.append)
     out = {}
     for name in sorted(names):
-        obj = h[name]
-        if isinstance(obj, h5py.Dataset):
+        obj = h5py.h5o.open(h.id, name.encode())
+        if isinstance(obj, h5py.h5d.DatasetID):
             out[name] = (obj, obj.dtype, obj.shape)
     return out
 
@@ -243,8 +334,9 @@ class _Copied:
 
     def __init__(self, w: h5py.File, first: dict, skip: set[str], offsets: set[str]):
         self.w, self.parts, self.rows = w, {}, 0
-        for name, (ds, dtype, shape) in first.items():
+        for name, (dsid, dtype, shape) in first.items():
             if name not in skip:
+                ds = h5py.Dataset(dsid)
                 w.create_dataset(name, (1 if name in offsets else 0, *shape[1:]), dtype, maxshape=(None, *shape[1:]),
                                  chunks=ds.chunks or True, compression=ds.compression,
                                  compression_opts=ds.compression_opts, track_times=False)
@@ -269,9 +361,10 @@ class _Copied:
 
 
 def merge_virtual(shards: list[str | os.PathLike], out: str | os.PathLike, expected: ExpectedIds | None = None,
-                  chunk: int = 256) -> dict[str, int]:
+                  chunk: int | None = None) -> dict[str, int]:
     """Merge shard stores into `out` (atomically) as a virtual store; validated as `merge` validates (same
-    extractor run, every id once, finite values, declared shapes, the manifest's ids exactly), streaming."""
+    extractor run, every id once, finite values, declared shapes, the manifest's ids exactly), streaming the fields
+    `chunk` rows (or `chunk_rows`) at a time."""
     stores = open_shards(shards)
     once = IdsOnce(stores, expected)
     specs = stores[0].specs
@@ -290,43 +383,45 @@ def merge_virtual(shards: list[str | os.PathLike], out: str | os.PathLike, expec
         with h5py.File(tmp, "w", track_order=False) as w:
             copied = _Copied(w, first, set(fields), offsets)
             for k, s in enumerate(stores):
-                have = _layout(s.h5)
-                if have.keys() != first.keys():
-                    raise StoreError(f"{s.path}: datasets {sorted(set(have) ^ set(first))} differ from "
-                                     f"{stores[0].path}: cannot merge")
-                for name, (_, dtype, shape) in have.items():
-                    if dtype != first[name][1] or shape[1:] != first[name][2][1:]:
-                        raise StoreError(f"{s.path}: {name} is {dtype} {shape[1:]}, {first[name][1]} "
-                                         f"{first[name][2][1:]} in {stores[0].path}: cannot merge")
-                data = {name: ds[()] for name, (ds, _, _) in have.items() if name not in fields}  # O(images)
-                once.shard(k, list(data[IMAGE_ID]), list(data[FAILED_ID]))
-                ids = [x.decode() for x in data[IMAGE_ID]]
-                n = len(ids)
-                offs = {name: data[name].astype(np.int64) for name in offsets}
-                _validate_shard(s.path, specs, {name: have[name][0] for name in fields}, ids, offs, chunk)
-                rel = os.path.relpath(os.path.abspath(s.path), folder)
-                for name, (_, _, shape) in have.items():
-                    if name in fields:
-                        spec = fields[name]
-                        want = int(offs[offsets_name(spec.ragged)][-1]) if spec.ragged else n
-                        if shape[0] != want:
-                            raise StoreError(f"{s.path}: {name} has {shape[0]} rows, {want} expected")
-                        spans[name].append((rel, shape[0]))
-                    elif name in offsets:
-                        off = offs[name]
-                        if len(off) != n + 1 or off[0] != 0:
-                            raise StoreError(f"{s.path}: {name} has {len(off)} entries from {off[0]}, "
-                                             f"{n + 1} from 0 expected")
-                        copied.add(name, off[1:] + base[name])
-                        base[name] += int(off[-1])
-                    else:
-                        if "/" not in name and shape[0] != n:
-                            raise StoreError(f"{s.path}: per-image dataset {name} has {shape[0]} rows, {IMAGE_ID} {n}")
-                        copied.add(name, data[name])
-                sources.append((rel, os.path.getsize(s.path), n))
-                n_rows += n
-                n_failed += len(data[FAILED_ID])
-                s.close()
+                with h5py.File(s.path, "r") as h:  # checked by open_shards (FeatureStore's checks where they apply)
+                    have = _layout(h)
+                    if have.keys() != first.keys():
+                        raise StoreError(f"{s.path}: datasets {sorted(set(have) ^ set(first))} differ from "
+                                         f"{stores[0].path}: cannot merge")
+                    for name, (_, dtype, shape) in have.items():
+                        if dtype != first[name][1] or shape[1:] != first[name][2][1:]:
+                            raise StoreError(f"{s.path}: {name} is {dtype} {shape[1:]}, {first[name][1]} "
+                                             f"{first[name][2][1:]} in {stores[0].path}: cannot merge")
+                    data = {name: read_ds(ds) for name, (ds, _, _) in have.items() if name not in fields}  # O(images)
+                    once.shard(k, list(data[IMAGE_ID]), list(data[FAILED_ID]))
+                    ids = data[IMAGE_ID]
+                    n = len(ids)
+                    offs = {name: data[name].astype(np.int64) for name in offsets}
+                    _validate_shard(s.path, specs, {name: have[name][0] for name in fields}, ids, offs,
+                                    chunk or chunk_rows(h, n, specs))
+                    rel = os.path.relpath(os.path.abspath(s.path), folder)
+                    for name, (_, _, shape) in have.items():
+                        if name in fields:
+                            spec = fields[name]
+                            want = int(offs[offsets_name(spec.ragged)][-1]) if spec.ragged else n
+                            if shape[0] != want:
+                                raise StoreError(f"{s.path}: {name} has {shape[0]} rows, {want} expected")
+                            spans[name].append((rel, shape[0]))
+                        elif name in offsets:
+                            off = offs[name]
+                            if len(off) != n + 1 or off[0] != 0:
+                                raise StoreError(f"{s.path}: {name} has {len(off)} entries from {off[0]}, "
+                                                 f"{n + 1} from 0 expected")
+                            copied.add(name, off[1:] + base[name])
+                            base[name] += int(off[-1])
+                        else:
+                            if "/" not in name and shape[0] != n:
+                                raise StoreError(f"{s.path}: per-image dataset {name} has {shape[0]} rows, "
+                                                 f"{IMAGE_ID} {n}")
+                            copied.add(name, data[name])
+                    sources.append((rel, os.path.getsize(s.path), n))
+                    n_rows += n
+                    n_failed += len(data[FAILED_ID])
             copied.flush()
             once.finish()
             for name in sorted(fields):
@@ -352,7 +447,7 @@ def merge_virtual(shards: list[str | os.PathLike], out: str | os.PathLike, expec
     return {"images": n_rows, "failed": n_failed}
 
 
-def _validate_shard(path: str, specs: list, datasets: dict[str, h5py.Dataset], ids: list[str],
+def _validate_shard(path: str, specs: list, datasets: dict[str, h5py.h5d.DatasetID], ids: np.ndarray,
                     offsets: dict[str, np.ndarray], chunk: int) -> None:
     """`validate_rows` over a shard's fields in row chunks (memory bounded by `chunk`)."""
     for a in range(0, len(ids), chunk):
@@ -361,9 +456,9 @@ def _validate_shard(path: str, specs: list, datasets: dict[str, h5py.Dataset], i
         for s in specs:
             if s.ragged:
                 off = offsets[offsets_name(s.ragged)]
-                values[s.name] = datasets[s.name][int(off[a]):int(off[b])]
+                values[s.name] = read_ds(datasets[s.name], int(off[a]), int(off[b]))
             else:
-                values[s.name] = datasets[s.name][a:b]
+                values[s.name] = read_ds(datasets[s.name], a, b)
         validate_rows(path, specs, ids[a:b], values)
 
 

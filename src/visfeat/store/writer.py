@@ -92,11 +92,19 @@ class StoreWriter:
 
     @staticmethod
     def _append(ds: h5py.Dataset, data: np.ndarray) -> None:
-        n = ds.shape[0]
+        """`ds.resize` and `ds[n:] = data` through HDF5's own calls (the same extent change and hyperslab write):
+        h5py's per-call work costs more than a block's bytes when features are small."""
         if len(data) == 0:
             return
-        ds.resize(n + len(data), axis=0)
-        ds[n:] = data
+        d, data = ds.id, np.asarray(data)
+        shape = d.shape
+        d.set_extent((shape[0] + len(data), *shape[1:]))
+        space = d.get_space()
+        space.select_hyperslab((shape[0], *(0 for _ in shape[1:])), (len(data), *shape[1:]))
+        if data.dtype.kind != "O":
+            data = data.astype(ds.dtype, copy=False)
+        mtype = h5py.h5t.py_create(ds.dtype if data.dtype.kind == "O" else data.dtype)
+        d.write(h5py.h5s.create_simple(data.shape), space, np.ascontiguousarray(data), mtype)
 
     def append(self, ids: list[str], paths: list[str], hw: np.ndarray, fields: dict[str, np.ndarray],
                counts: dict[str, np.ndarray] | None = None, sha256: list[str] | None = None) -> None:
