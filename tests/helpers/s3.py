@@ -95,13 +95,18 @@ class S3Server:
 
     def _wait(self, timeout: float) -> None:
         """Until a signed bucket listing succeeds (the gateway and the filer behind it are up; an anonymous GET is
-        refused once identities are set)."""
+        refused once identities are set) and, after a restart, an object can be read again (the volume servers have
+        registered: until then reads answer InternalError)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"weed exited ({self.proc.returncode}):\n{self.log.read_text()[-3000:]}")
             try:
-                self.client().list_buckets()
+                c = self.client()
+                for b in c.list_buckets()["Buckets"]:  # after a restart: data readable again (volumes registered)
+                    first = c.list_objects_v2(Bucket=b["Name"], MaxKeys=1).get("Contents", [])
+                    for o in first:
+                        c.get_object(Bucket=b["Name"], Key=o["Key"], Range="bytes=0-0")["Body"].read()
                 return
             except Exception:  # noqa: BLE001 - refused, 5xx, filer not ready: all mean "not yet"
                 time.sleep(0.3)
