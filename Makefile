@@ -17,23 +17,17 @@ $(STAMP): requirements.txt pyproject.toml
 I2D := .venv-img2dataset
 I2D_STAMP := $(I2D)/.installed
 
-# img2dataset (the `urls` source's downloader) needs pandas<3: its own venv, with envs/img2dataset.yaml's pins
-$(I2D_STAMP): envs/img2dataset.yaml $(STAMP)
-	test -x $(I2D)/bin/python || $(PY) -m venv $(I2D)
-	$(BIN)/python -c "import yaml; d = yaml.safe_load(open('envs/img2dataset.yaml'))['dependencies']; print('\n'.join(next(x['pip'] for x in d if isinstance(x, dict))))" > $(I2D)/requirements.txt
-	$(I2D)/bin/python -m pip install -q -r $(I2D)/requirements.txt
-	touch $(I2D_STAMP)
+# Tools whose pins conflict with .venv's get a venv of their own, .venv-NAME, from envs/NAME.yaml's pip list:
+# img2dataset (the `urls` source's downloader) needs pandas<3; embedding-reader and autofaiss (the readers
+# tests/test_exporters_retrieval.py runs on an export) need numpy<2 and pandas<3
+.venv-%/.installed: envs/%.yaml $(STAMP)
+	test -x .venv-$*/bin/python || $(PY) -m venv .venv-$*
+	$(BIN)/python -c "import yaml; d = yaml.safe_load(open('envs/$*.yaml'))['dependencies']; print('\n'.join(next(x['pip'] for x in d if isinstance(x, dict))))" > .venv-$*/requirements.txt
+	.venv-$*/bin/python -m pip install -q -r .venv-$*/requirements.txt
+	touch $@
 
 RET := .venv-retrieval
 RET_STAMP := $(RET)/.installed
-
-# embedding-reader and autofaiss (the readers tests/test_exporters_retrieval.py runs on an export) need numpy<2 and
-# pandas<3: their own venv, with envs/retrieval.yaml's pins
-$(RET_STAMP): envs/retrieval.yaml $(STAMP)
-	test -x $(RET)/bin/python || $(PY) -m venv $(RET)
-	$(BIN)/python -c "import yaml; d = yaml.safe_load(open('envs/retrieval.yaml'))['dependencies']; print('\n'.join(next(x['pip'] for x in d if isinstance(x, dict))))" > $(RET)/requirements.txt
-	$(RET)/bin/python -m pip install -q -r $(RET)/requirements.txt
-	touch $(RET_STAMP)
 
 setup-retrieval: $(RET_STAMP)
 

@@ -92,18 +92,18 @@ def test_merge_checks_the_manifest_shard_by_shard(tmp_path, capsys):
 
 
 def test_merge_streams_the_manifest_shard_by_shard_as_read_shard_cuts_it(tmp_path):
-    """The merge's manifest ids (cli `_manifest_ids`: one pass over the file) are `read_shard`'s, shard for shard:
+    """The merge's manifest ids (`iter_shard_ids`: one pass over the file) are `read_shard`'s, shard for shard:
     across parquet batches (more rows than one batch) and with empty shards."""
     import pandas as pd
 
-    from visfeat.cli import _manifest_ids
+    from visfeat.sources.manifest import iter_shard_ids
     from visfeat.sources.manifest import read_shard, write_manifest
 
     for n, shards in ((70_000, 3), (5, 40)):
         ids = [f"x{i}" for i in range(n)]
         path = tmp_path / f"{n}.parquet"
         write_manifest(pd.DataFrame({"image_id": ids, "path": ids}), path, shards)
-        got = list(_manifest_ids(str(path), shards))
+        got = list(iter_shard_ids(str(path), shards))
         assert got == [list(read_shard(path, k)["image_id"]) for k in range(shards)]
         assert sum(map(len, got)) == n and (n > 5 or got.count([]) > 30)
 

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -92,47 +91,15 @@ def numbered_files(files: list[str], folder: str | None, count: int | None, suff
     return [f"{folder}/{i}{suffix}" for i in range(count)]
 
 
-def _manifest_ids(path: str, shards: int) -> Iterator[list[str]]:
-    """The manifest's image ids shard by shard, streamed once through the file in its order (sorted by shard:
-    `write_manifest`), so the merge holds one batch and one shard of them. A manifest written before shards were
-    recorded is read whole and cut as its jobs cut it."""
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    from visfeat.sources.manifest import manifest_shards, shard_index
-
-    recorded = manifest_shards(path)
-    if recorded is None:
-        import pandas as pd
-
-        df = pd.read_parquet(path)
-        key = df["shard"] if "shard" in df.columns else shard_index(df["image_id"], shards)
-        whole = {k: list(g) for k, g in df["image_id"].groupby(key)}
-        yield from (whole.get(k, []) for k in range(shards))
-        return
-    k, part = 0, []
-    for batch in pq.ParquetFile(path).iter_batches(columns=["image_id", "shard"]):
-        ids, of = batch.column(0).to_pylist(), batch.column(1).to_numpy()
-        cuts = [0, *(np.flatnonzero(np.diff(of)) + 1).tolist(), len(of)]
-        for a, b in zip(cuts, cuts[1:]):
-            while k < of[a]:
-                yield part
-                k, part = k + 1, []
-            part.extend(ids[a:b])
-    for _ in range(k, recorded):
-        yield part
-        part = []
-
-
 def cmd_merge(a) -> int:
-    from visfeat.sources.manifest import per_image_rows
+    from visfeat.sources.manifest import iter_shard_ids, per_image_rows
     from visfeat.store.merge import merge, merge_virtual
 
     shards = numbered_files(a.shards, a.shard_dir, a.count, ".h5", "merge --shard-dir/--shards")
     if not shards:
         raise SystemExit("merge: no shards given (SHARD.h5 ..., or --shard-dir DIR --shards N)")
     # a manifest of tars (webdataset, urls) names no images: then the ids are only checked to be unique
-    expected = _manifest_ids(a.manifest, len(shards)) if a.manifest and per_image_rows(a.manifest) else None
+    expected = iter_shard_ids(a.manifest, len(shards)) if a.manifest and per_image_rows(a.manifest) else None
     res = (merge_virtual if a.mode == "virtual" else merge)(shards, a.out, expected=expected)
     print(f"merged {len(shards)} shards -> {a.out} ({a.mode}): {res['images']} images, {res['failed']} failed")
     return 0

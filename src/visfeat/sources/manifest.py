@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -217,3 +218,32 @@ def write_shard(manifest, shards: int, index: int, out_path: str | os.PathLike) 
     tmp.write_text("".join(f"{i}\t{p}\n" for i, p in zip(part["image_id"], part["path"])), encoding="utf-8")
     os.replace(tmp, out_path)
     return len(part)
+
+
+def iter_shard_ids(path: str, shards: int) -> Iterator[list[str]]:
+    """The manifest's image ids shard by shard (what the merge checks each shard store against), streamed once through the file in its order (sorted by shard:
+    `write_manifest`), so the merge holds one batch and one shard of them. A manifest written before shards were
+    recorded is read whole and cut as its jobs cut it."""
+    import pyarrow.parquet as pq
+
+    recorded = manifest_shards(path)
+    if recorded is None:
+        import pandas as pd
+
+        df = pd.read_parquet(path)
+        key = df["shard"] if "shard" in df.columns else shard_index(df["image_id"], shards)
+        whole = {k: list(g) for k, g in df["image_id"].groupby(key)}
+        yield from (whole.get(k, []) for k in range(shards))
+        return
+    k, part = 0, []
+    for batch in pq.ParquetFile(path).iter_batches(columns=["image_id", "shard"]):
+        ids, of = batch.column(0).to_pylist(), batch.column(1).to_numpy()
+        cuts = [0, *(np.flatnonzero(np.diff(of)) + 1).tolist(), len(of)]
+        for a, b in zip(cuts, cuts[1:]):
+            while k < of[a]:
+                yield part
+                k, part = k + 1, []
+            part.extend(ids[a:b])
+    for _ in range(k, recorded):
+        yield part
+        part = []
