@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 # SeaweedFS opens one listener per service; each gets an explicit free port (its gRPC defaults are port + 10000,
@@ -95,23 +96,32 @@ class S3Server:
 
     def _wait(self, timeout: float) -> None:
         """Until a signed bucket listing succeeds (the gateway and the filer behind it are up; an anonymous GET is
-        refused once identities are set) and, after a restart, an object can be read again (the volume servers have
-        registered: until then reads answer InternalError)."""
+        refused once identities are set) and, after a restart, the master knows every volume on disk: the volume
+        server's first heartbeat can reach the master before it is leader, and until a later one registers the
+        volumes a read answers InternalError ("volume N not found"), one volume at a time."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"weed exited ({self.proc.returncode}):\n{self.log.read_text()[-3000:]}")
             try:
-                c = self.client()
-                for b in c.list_buckets()["Buckets"]:  # after a restart: data readable again (volumes registered)
-                    first = c.list_objects_v2(Bucket=b["Name"], MaxKeys=1).get("Contents", [])
-                    for o in first:
-                        c.get_object(Bucket=b["Name"], Key=o["Key"], Range="bytes=0-0")["Body"].read()
-                return
+                self.client().list_buckets()
+                if all(self._volume_known(v) for v in self._volumes_on_disk()):
+                    return
             except Exception:  # noqa: BLE001 - refused, 5xx, filer not ready: all mean "not yet"
-                time.sleep(0.3)
+                pass
+            time.sleep(0.3)
         self.stop()
         raise TimeoutError(f"S3 server not up on {self.endpoint} after {timeout}s:\n{self.log.read_text()[-3000:]}")
+
+    def _volumes_on_disk(self) -> set[str]:
+        """Volume ids of the data files (`<collection>_<id>.dat`, or `<id>.dat` outside a collection)."""
+        return {p.stem.rsplit("_", 1)[-1] for p in self.data.glob("*.dat")}
+
+    def _volume_known(self, vid: str) -> bool:
+        """The master's lookup of one volume names a location (its HTTP API: /dir/lookup)."""
+        url = f"http://127.0.0.1:{self.ports['master.port']}/dir/lookup?volumeId={vid}"
+        with urllib.request.urlopen(url, timeout=3) as r:
+            return bool(json.loads(r.read()).get("locations"))
 
     def stop(self, grace: float = 1.0) -> None:
         """SIGTERM the server's process group, SIGKILL after `grace` seconds (0: at once, a crash); data stays."""
