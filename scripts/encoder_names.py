@@ -26,22 +26,12 @@ OUT = Path(__file__).resolve().parents[1] / "src" / "visfeat" / "extractors" / "
 # `license` where it has one). Until then the generic presets `openclip` / `timm` serve each one by name. The ones
 # with a pin are registered from src/visfeat/extractors/named_encoders.py and are no longer listed here.
 NAMED_PRESETS: dict[str, tuple[str, str, str, int, int, str, str]] = {
-    "siglip2-b16": ("open_clip", "ViT-B-16-SigLIP2", "webli", 768, 224, "apache-2.0",
-                    "Tschannen et al., SigLIP 2, arXiv:2502.14786"),
-    "siglip2-so400m16-384": ("open_clip", "ViT-SO400M-16-SigLIP2-384", "webli", 1152, 384, "apache-2.0",
-                             "Tschannen et al., SigLIP 2, arXiv:2502.14786"),
-    "pe-core-l14-336": ("open_clip", "PE-Core-L-14-336", "meta", 1024, 336, "apache-2.0",
-                        "Bolya et al., Perception Encoder, arXiv:2504.13181"),
     "metaclip2-h14": ("open_clip", "ViT-H-14-worldwide", "metaclip2_worldwide", 1024, 224, "cc-by-nc-4.0",
                       "Chuang et al., Meta CLIP 2: A Worldwide Scaling Recipe, arXiv:2507.22062"),
     # licence: https://huggingface.co/timm/vit_large_patch14_reg4_dinov2.lvd142m/tree/7626c8e2d0172194c8ed40aebf683adbb46a5f93
     # (model.safetensors there; its sha256 not found on a stored page)
     "dinov2-l14-reg": ("timm", "vit_large_patch14_reg4_dinov2", "lvd142m", 1024, 518, "apache-2.0",
                        "Darcet et al., Vision Transformers Need Registers, ICLR 2024"),
-    "dinov3-b16": ("timm", "vit_base_patch16_dinov3", "lvd1689m", 768, 256, "dinov3-license",
-                   "Simeoni et al., DINOv3, arXiv:2508.10104"),
-    "dinov3-l16": ("timm", "vit_large_patch16_dinov3", "lvd1689m", 1024, 256, "dinov3-license",
-                   "Simeoni et al., DINOv3, arXiv:2508.10104"),
     # licence: https://huggingface.co/timm/aimv2_large_patch14_224.apple_pt/commits/main (commit ids there short only)
     "aimv2-l14-224": ("timm", "aimv2_large_patch14_224", "apple_pt", 1024, 224, "apple-ascl",
                       "Fini et al., Multimodal Autoregressive Pre-training of Large Vision Encoders, CVPR 2025"),

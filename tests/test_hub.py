@@ -21,7 +21,7 @@ SHA = hashlib.sha256(DATA).hexdigest()
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 TIMM = "vit_tiny_patch16_224.augreg_in21k_ft_in1k"
 TIMM_REPO = f"timm/{TIMM}"
-OC_REPO = "timm/ViT-B-16-SigLIP2"
+OC_REPO = "timm/ViT-B-16-SigLIP2-256"
 
 
 def hub_files(repo: str, file: str, commit: str = COMMIT) -> dict[str, bytes]:
@@ -61,19 +61,19 @@ def test_fetch_pins_the_commit_and_records_it(tmp_path, served):
 
 
 def test_open_clip_file_and_the_workflow_path(tmp_path, served):
-    options = {"model": "ViT-B-16-SigLIP2", "pretrained": "webli", "layers": []}
+    options = {"model": "ViT-B-16-SigLIP2-256", "pretrained": "webli", "layers": []}
     path = hub.preset_file("openclip", options, tmp_path / "weights")
-    assert path == str(tmp_path / "weights/openclip/ViT-B-16-SigLIP2/webli/open_clip_model.safetensors")
+    assert path == str(tmp_path / "weights/openclip/ViT-B-16-SigLIP2-256/webli/open_clip_model.safetensors")
     assert hub.fetch_preset_file("openclip", path).read_bytes() == DATA
     # the text tower's Hugging Face tokenizer beside the weights (openclip.py reads it there, offline)
-    folder = tmp_path / "weights/openclip/ViT-B-16-SigLIP2/webli"
+    folder = tmp_path / "weights/openclip/ViT-B-16-SigLIP2-256/webli"
     assert sorted(f.name for f in folder.iterdir()) == ["open_clip_model.safetensors",
                                                         "open_clip_model.safetensors.hub.json", "tokenizer.json",
                                                         "tokenizer_config.json"]
     tok = json.loads(hub.record_path(path).read_text())["tokenizer"]
     assert (tok["repo"], tok["revision"], sorted(tok["sha256"])) == (OC_REPO, COMMIT, ["tokenizer.json",
                                                                                        "tokenizer_config.json"])
-    assert hub.weights_file("open_clip", "ViT-B-16-SigLIP2", "webli", None, str(tmp_path / "weights"))[0] == path
+    assert hub.weights_file("open_clip", "ViT-B-16-SigLIP2-256", "webli", None, str(tmp_path / "weights"))[0] == path
     assert hub.preset_file("clip-rn50", {"model": "RN50"}) is None  # a preset with its own weight files
 
 
@@ -106,10 +106,10 @@ def test_offline_message_names_repo_file_revision_and_place(tmp_path, monkeypatc
     """An extraction with no file: no network is tried; the message says what to fetch and where to put it."""
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: a request would fail differently
     with pytest.raises(WeightsMissing) as e:
-        hub.weights_file("open_clip", "ViT-SO400M-16-SigLIP2-384", "webli", None, str(tmp_path))  # not pinned
+        hub.weights_file("open_clip", "ViT-SO400M-16-SigLIP2-256", "webli", None, str(tmp_path))  # not pinned
     msg = str(e.value)
-    dest = tmp_path / "openclip/ViT-SO400M-16-SigLIP2-384/webli/open_clip_model.safetensors"
-    for part in ("timm/ViT-SO400M-16-SigLIP2-384", "open_clip_model.safetensors", "revision main", str(dest),
+    dest = tmp_path / "openclip/ViT-SO400M-16-SigLIP2-256/webli/open_clip_model.safetensors"
+    for part in ("timm/ViT-SO400M-16-SigLIP2-256", "open_clip_model.safetensors", "revision main", str(dest),
                  "open_clip_pytorch_model.bin", "visfeat fetch-weights --preset openclip", "--weights FILE"):
         assert part in msg, (part, msg)
     with pytest.raises(WeightsMissing, match="does not exist"):
@@ -122,13 +122,13 @@ def test_a_file_the_repo_lacks_points_at_its_other_file(tmp_path, monkeypatch):
     with FileServer(bin_only) as srv:
         monkeypatch.setenv("HF_ENDPOINT", srv.url)
         with pytest.raises(WeightsMissing) as e:
-            hub.fetch("open_clip", "ViT-B-16-SigLIP2", "webli", root=tmp_path, retries=1)
+            hub.fetch("open_clip", "ViT-B-16-SigLIP2-256", "webli", root=tmp_path, retries=1)
         assert "HTTP 404" in str(e.value) and "(or open_clip_pytorch_model.bin)" in str(e.value)
-        dest = tmp_path / "openclip/ViT-B-16-SigLIP2/webli/open_clip_pytorch_model.bin"
-        assert hub.fetch("open_clip", "ViT-B-16-SigLIP2", "webli", dest=dest).read_bytes() == DATA
-    assert hub.weights_file("open_clip", "ViT-B-16-SigLIP2", "webli", None, str(tmp_path))[0] == str(dest)
+        dest = tmp_path / "openclip/ViT-B-16-SigLIP2-256/webli/open_clip_pytorch_model.bin"
+        assert hub.fetch("open_clip", "ViT-B-16-SigLIP2-256", "webli", dest=dest).read_bytes() == DATA
+    assert hub.weights_file("open_clip", "ViT-B-16-SigLIP2-256", "webli", None, str(tmp_path))[0] == str(dest)
     with pytest.raises(ValueError, match="not a file open_clip loads"):
-        hub.fetch("open_clip", "ViT-B-16-SigLIP2", "webli", dest=tmp_path / "model.safetensors")
+        hub.fetch("open_clip", "ViT-B-16-SigLIP2-256", "webli", dest=tmp_path / "model.safetensors")
 
 
 def test_cli_fetch_weights_for_a_generic_preset(tmp_path, served):
@@ -145,5 +145,5 @@ def test_a_tokenizer_repo_without_tokenizer_files_fails_the_fetch(tmp_path, monk
     with FileServer(hub_files(OC_REPO, "open_clip_model.safetensors")) as srv:  # weights, no tokenizer files
         monkeypatch.setenv("HF_ENDPOINT", srv.url)
         with pytest.raises(WeightsMissing, match=f"the tokenizer repo {OC_REPO} .* has none of tokenizer.json"):
-            hub.fetch("open_clip", "ViT-B-16-SigLIP2", "webli", root=tmp_path, retries=1)
-    assert not (tmp_path / "openclip/ViT-B-16-SigLIP2/webli/open_clip_model.safetensors").exists()  # tried again
+            hub.fetch("open_clip", "ViT-B-16-SigLIP2-256", "webli", root=tmp_path, retries=1)
+    assert not (tmp_path / "openclip/ViT-B-16-SigLIP2-256/webli/open_clip_model.safetensors").exists()  # tried again

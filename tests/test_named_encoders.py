@@ -27,7 +27,7 @@ def test_a_named_preset_is_its_family_with_fixed_options(name):
     assert (p.builder, p.env, p.text) == (family.builder, family.env, family.text)
     assert resolve_options(name).items() >= n.options.items()
     check_options(name, {"layers": [0, -1]})
-    other = "ViT-B-16-SigLIP2" if n.family == "openclip" else "vit_small_patch14_dinov2.lvd142m"
+    other = "ViT-B-32" if n.family == "openclip" else "vit_small_patch14_dinov2.lvd142m"
     with pytest.raises(ValueError, match=f"use preset {n.family}"):
         check_options(name, {"model": other})
     pin = n.pin
