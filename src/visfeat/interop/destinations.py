@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
+from visfeat.sources.buckets import bucket_problem
+
 PART_BYTES = 8 << 20  # multipart upload part; S3 requires at least 5 MiB for all parts but the last
 
 
@@ -119,8 +121,10 @@ class S3Destination:
         self.bucket, self.prefix = bucket, prefix
         self.client = boto3.client("s3")
         self.endpoint = self.client.meta.endpoint_url
-        with self.errors(""):  # wrong keys, a missing bucket, no server: one line before anything is written
-            self.client.head_bucket(Bucket=bucket)
+        # wrong keys, a missing bucket, no server: one line before anything is written
+        problem = bucket_problem(self.client, bucket, f"export destination {self.url}")
+        if problem:
+            raise OSError(problem)
 
     def key(self, rel: str) -> str:
         return f"{self.prefix}/{rel}" if self.prefix else rel
