@@ -18,6 +18,8 @@ Contract:
   scales must use instead of `image.size`. Its `tensor_preprocess()` gives the same steps as a callable on a
   uint8 (3, H, W) tensor on the model's device, returning the same dict (`decode: gpu`, device_decode.py).
 - `collate(samples)` turns a list of those dicts into one batch (default: stack each key).
+- Whole-image families (one transform, one batched model call) subclass `TransformExtractor`: they set
+  `transform` and write `run(images)`; its `preprocessor` and `forward` are the ones above, written once.
 - `forward(batch)` runs the model on `self.device` and returns one dict of numpy arrays per image, with exactly
   the fields of `fields()` (float32 unless the spec says otherwise).
 - `fields()` declares the output: name, per-image shape and dtype; `ragged` names a group whose row count varies
@@ -49,7 +51,7 @@ import torch
 
 from visfeat.store.format import FieldSpec
 
-__all__ = ["Extractor", "FieldSpec", "TransformPreprocessor"]
+__all__ = ["Extractor", "FieldSpec", "TransformExtractor", "TransformPreprocessor"]
 
 
 class TransformPreprocessor:
@@ -169,3 +171,25 @@ class Extractor(ABC):
 
     def describe(self) -> str:
         return ", ".join(f"{f.name} {f.shape} {f.dtype}" for f in self.fields())
+
+
+class TransformExtractor(Extractor):
+    """The whole-image families (CLIP, effnet, VISSL, open_clip, timm): one torchvision `transform` makes the input
+    (TransformPreprocessor) and `run` maps the batch on the device to batched outputs, so placing the batch,
+    autocast and the per-image split are written once, here."""
+
+    transform: Callable  # PIL image -> (C, H, W) float tensor, set by the family's constructor
+
+    def preprocessor(self) -> TransformPreprocessor:
+        return TransformPreprocessor(self.transform)
+
+    @abstractmethod
+    def run(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model on a batch (N, C, H, W) already on the device: field name -> (N, ...) tensor, under autocast."""
+
+    @torch.inference_mode()
+    def forward(self, batch: dict[str, Any]) -> list[dict[str, np.ndarray]]:
+        x = self.on_device(batch["image"])
+        with self.autocast():
+            out = self.run(x)
+        return self.per_image(out)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torchvision import transforms as T
 
-from visfeat.extractors.base import Extractor, FieldSpec, TransformPreprocessor
+from visfeat.extractors.base import FieldSpec, TransformExtractor
 
 # openai/CLIP clip/clip.py _transform
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -76,7 +76,7 @@ def resize_pos_embed(pos: torch.Tensor, new_grid: int, mode: str = "bicubic") ->
     return torch.cat([first, grid], dim=0)
 
 
-class ClipExtractor(Extractor):
+class ClipExtractor(TransformExtractor):
     def __init__(self, preset: str, options: dict[str, Any], weights_sha256: str, device, amp: bool,
                  model: torch.nn.Module):
         super().__init__(preset, options, weights_sha256, device, amp)
@@ -113,9 +113,6 @@ class ClipExtractor(Extractor):
         g = self.grid_hw
         return [FieldSpec("global", (self.global_dim,)), FieldSpec("grid", (g, g, self.grid_dim))]
 
-    def preprocessor(self) -> TransformPreprocessor:
-        return TransformPreprocessor(self.transform)
-
     def _visual(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         v = self.model.visual
         if self.is_vit:
@@ -129,17 +126,12 @@ class ClipExtractor(Extractor):
             glob = v.attnpool(grid)
         return glob, grid
 
-    @torch.inference_mode()
-    def forward(self, batch: dict[str, Any]) -> list[dict[str, np.ndarray]]:
-        x = self.on_device(batch["image"])
-        with self.autocast():
-            glob, grid = self._visual(x)
-            p = int(self.config["grid_pool"])
-            if p > 1:
-                grid = F.avg_pool2d(grid, kernel_size=p, stride=p)
-        glob = glob.float().cpu().numpy()
-        grid = grid.float().permute(0, 2, 3, 1).cpu().numpy()
-        return [{"global": glob[i], "grid": grid[i]} for i in range(len(glob))]
+    def run(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        glob, grid = self._visual(images)
+        p = int(self.config["grid_pool"])
+        if p > 1:
+            grid = F.avg_pool2d(grid, kernel_size=p, stride=p)
+        return {"global": glob, "grid": grid.permute(0, 2, 3, 1)}
 
     @torch.inference_mode()
     def encode_text(self, captions: list[str]) -> np.ndarray:

@@ -10,11 +10,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from torchvision import transforms as T
 
-from visfeat.extractors.base import Extractor, FieldSpec, TransformPreprocessor
+from visfeat.extractors.base import FieldSpec, TransformExtractor
 
 MEAN = (0.5, 0.5, 0.5)  # tensorflow/tpu efficientnet/lite/efficientnet_lite_builder.py: MEAN_RGB 127.0 (/255)
 STD = (0.5, 0.5, 0.5)  # same file: STDDEV_RGB 128.0 (/255)
@@ -46,7 +45,7 @@ def load_lite0(path: str) -> torch.nn.Module:
     return model.eval()
 
 
-class EffnetLite0(Extractor):
+class EffnetLite0(TransformExtractor):
     channels_last = "always"
 
     def __init__(self, preset: str, options: dict[str, Any], weights_sha256: str, device, amp: bool,
@@ -66,17 +65,10 @@ class EffnetLite0(Extractor):
         g = self.grid_hw
         return [FieldSpec("global", (1280,)), FieldSpec("grid", (g, g, 1280)), FieldSpec("logits", (1000,))]
 
-    def preprocessor(self) -> TransformPreprocessor:
-        return TransformPreprocessor(self.transform)
-
-    @torch.inference_mode()
-    def forward(self, batch: dict[str, Any]) -> list[dict[str, np.ndarray]]:
-        x = self.on_device(batch["image"])
-        with self.autocast():
-            grid = self.model.forward_features(x)  # (N, 1280, 7, 7) after conv_head + bn + ReLU6
-            glob = grid.mean((2, 3))
-            logits = self.model.classifier(glob)
-        return self.per_image({"global": glob, "grid": grid.permute(0, 2, 3, 1), "logits": logits})
+    def run(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        grid = self.model.forward_features(images)  # (N, 1280, 7, 7) after conv_head + bn + ReLU6
+        glob = grid.mean((2, 3))
+        return {"global": glob, "grid": grid.permute(0, 2, 3, 1), "logits": self.model.classifier(glob)}
 
 
 def build(preset, weights: str | None, device, amp: bool, options: dict[str, Any]) -> EffnetLite0:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from visfeat.extractors.base import Extractor, FieldSpec, TransformPreprocessor
+from visfeat.extractors.base import FieldSpec, TransformExtractor
 from visfeat.extractors.timm_encoder import POOLING  # timm is in the clip env too (open_clip needs it)
 from visfeat.extractors.weightfiles import file_shapes
 
@@ -106,7 +106,7 @@ def take_indices(layers: list[int], n: int) -> list[int]:
     return out
 
 
-class OpenClipExtractor(Extractor):
+class OpenClipExtractor(TransformExtractor):
     def __init__(self, preset: str, options: dict[str, Any], weights_sha256: str, device, amp: bool,
                  model: torch.nn.Module, weights_dir: Path | None = None):
         super().__init__(preset, options, weights_sha256, device, amp)
@@ -173,10 +173,8 @@ class OpenClipExtractor(Extractor):
             out.append(FieldSpec("prefix", (self.prefix_tokens, self.grid_shape[2])))
         return out + [FieldSpec(name, shape) for name, shape in self.layer_shapes.items()]
 
-    def preprocessor(self) -> TransformPreprocessor:
-        return TransformPreprocessor(self.transform)
 
-    def _run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """One pass of the vision tower: global, grid (N, h, w, D), prefix, and the taken blocks (N, h, w, D)."""
         v, take, out = self.model.visual, sorted(self.take), {}
         if self.kind == "vit":
@@ -210,13 +208,6 @@ class OpenClipExtractor(Extractor):
         by_block = dict(zip(take, inter))
         out.update({name: by_block[t] for name, t in zip(self.layer_shapes, self.take)})
         return out
-
-    @torch.inference_mode()
-    def forward(self, batch: dict[str, Any]) -> list[dict[str, np.ndarray]]:
-        x = self.on_device(batch["image"])
-        with self.autocast():
-            out = self._run(x)
-        return self.per_image(out)
 
     def tokenizer(self):
         """The model's own tokenizer (`open_clip.get_tokenizer`); a Hugging Face one from the files beside the

@@ -21,11 +21,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from visfeat.extractors.base import Extractor, FieldSpec, TransformPreprocessor
+from visfeat.extractors.base import FieldSpec, TransformExtractor
 from visfeat.extractors.weightfiles import file_shapes
 
 __all__ = ["Outputs", "TimmEncoder", "build", "check_decode", "load_model", "pooling_name", "preprocess_config"]
@@ -167,7 +166,7 @@ def probe(outputs: Outputs, input_size: tuple[int, int, int]) -> dict[str, tuple
     return {k: tuple(v.shape[1:]) for k, v in out.items()}
 
 
-class TimmEncoder(Extractor):
+class TimmEncoder(TransformExtractor):
     def __init__(self, preset: str, options: dict[str, Any], weights_sha256: str, device, amp: bool,
                  model: nn.Module):
         super().__init__(preset, options, weights_sha256, device, amp)
@@ -194,15 +193,8 @@ class TimmEncoder(Extractor):
     def fields(self) -> list[FieldSpec]:
         return [FieldSpec(k, s) for k, s in self.shapes.items()]
 
-    def preprocessor(self) -> TransformPreprocessor:
-        return TransformPreprocessor(self.transform)
-
-    @torch.inference_mode()
-    def forward(self, batch: dict[str, Any]) -> list[dict[str, np.ndarray]]:
-        x = self.on_device(batch["image"])
-        with self.autocast():
-            out = self.outputs(x)
-        return self.per_image(out)
+    def run(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.outputs(images)
 
 
 def build(preset, weights: str | None, device, amp: bool, options: dict[str, Any]) -> TimmEncoder:

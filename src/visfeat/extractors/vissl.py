@@ -48,12 +48,11 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torchvision import transforms as T
 
-from visfeat.extractors.base import Extractor, FieldSpec, TransformPreprocessor
+from visfeat.extractors.base import FieldSpec, TransformExtractor
 from visfeat.detection.statedict import load_strict
 from visfeat.extractors.vissl_config import (  # noqa: F401  (SIMCLR_HEAD_DOCS: the docs' head variant, for users)
     HEAD_BATCHNORM_MOMENTUM,
@@ -276,7 +275,7 @@ def build_trunk(backbone: str, trunk_sd: dict[str, torch.Tensor], path: str) -> 
 
 
 # ---------------------------------------------------------------------------------------------------------------
-class VisslExtractor(Extractor):
+class VisslExtractor(TransformExtractor):
     channels_last = "always"
 
     def __init__(self, preset: str, options: dict[str, Any], weights_sha256: str, device, amp: bool,
@@ -302,13 +301,13 @@ class VisslExtractor(Extractor):
             T.Normalize(tuple(options["mean"]), tuple(options["std"])),
         ])
         try:  # shapes from one forward at the crop size (fixed per config)
-            probe = self._run(torch.zeros(1, 3, crop, crop, device=self.device))
+            probe = self.run(torch.zeros(1, 3, crop, crop, device=self.device))
         except RuntimeError as e:
             raise ValueError(f"this feature_eval_settings/head_params does not run on {options['backbone']} at "
                              f"{crop}x{crop}: {e}") from None
         self.shapes = {n: tuple(t.shape[1:]) for n, t in probe.items()}
 
-    def _run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def run(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         p = self.plan
         feats = self.trunk(x, set(p.trunk_layers))
         outs = [feats[layer] for layer in p.trunk_layers]
@@ -329,15 +328,6 @@ class VisslExtractor(Extractor):
     def fields(self) -> list[FieldSpec]:
         return [FieldSpec(n, self.shapes[n]) for n in self.plan.names]
 
-    def preprocessor(self) -> TransformPreprocessor:
-        return TransformPreprocessor(self.transform)
-
-    @torch.inference_mode()
-    def forward(self, batch: dict[str, Any]) -> list[dict[str, np.ndarray]]:
-        x = self.on_device(batch["image"])
-        with self.autocast():
-            out = self._run(x)
-        return self.per_image(out)
 
 
 def build(preset, weights: str | None, device, amp: bool, options: dict[str, Any]) -> VisslExtractor:
