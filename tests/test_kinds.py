@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import REPO
+from helpers.webdataset import write_tar
 from PIL import Image
-from test_tars import img2dataset_sample, write_tar
+from test_tars import img2dataset_sample
 
 from visfeat.cli import main
 from visfeat.sources.kinds import BUILTIN_KINDS, MANIFEST_SOURCES, REGISTRY_KINDS, SOURCE_KINDS, registry_kind

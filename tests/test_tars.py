@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.webdataset import write_tar
 from PIL import Image
 
 from visfeat.engine.items import manifest_items
@@ -16,17 +17,6 @@ from visfeat.sources.folder import DatasetError
 from visfeat.sources.images import ImageError, load_image, load_tar_member
 from visfeat.sources.manifest import shard_of
 from visfeat.sources.tars import expand_braces, scan_webdataset, tar_paths
-
-
-def write_tar(path: Path, samples: dict[str, dict[str, bytes]]) -> Path:
-    """A tar of samples: key -> {extension: member bytes}, members in sample order as webdataset writes them."""
-    with tarfile.open(path, "w") as t:
-        for key, members in samples.items():
-            for ext, data in members.items():
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size = len(data)
-                t.addfile(info, io.BytesIO(data))
-    return path
 
 
 def jpeg(seed: int, size=(40, 30)) -> bytes:

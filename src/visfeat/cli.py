@@ -39,7 +39,7 @@ def cmd_export(a) -> int:
     from visfeat.interop.exporters import export
 
     vectors = {k: v for k, v in (("field", a.field), ("part_rows", a.part_rows), ("dtype", a.dtype),
-                                 ("normalize", a.normalize)) if v is not None}
+                                 ("normalize", a.normalize), ("manifest", a.manifest)) if v is not None}
     n = export(a.format, a.file, a.out, split=a.split, names=a.names, **vectors)
     print(f"exported {n} images to {a.out} ({a.format})")
     return 0
@@ -271,6 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dtype", choices=DTYPES, help=f"default {DTYPES[0]}, as clip-retrieval writes")
     g.add_argument("--no-normalize", dest="normalize", action="store_const", const=False,
                    help="keep the store's values (default: L2-normalised, as clip-retrieval writes)")
+    g.add_argument("--manifest", help="the dataset's manifest.parquet of a webdataset or urls source (tars on local "
+                   "disk): the metadata gains each image's caption (.txt) and url (.json), as clip-retrieval's "
+                   "inference over img2dataset tars writes them")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("import", help="a published feature file into a store")

@@ -157,6 +157,14 @@ def get_captions(wildcards):
     return f"{R}/{t['dataset']}/manifest.parquet" if "dataset" in t else t["captions"]
 
 
+def get_export_input(wildcards):
+    """The store, and where the dataset's tars are on local disk (sources/kinds.py `local_tars`) its manifest: the
+    export reads each image's caption and url from its tar. Tars in object storage are not staged for an export."""
+    src = ARGS.source(wildcards.dataset)
+    return {"store": f"{R}/{wildcards.dataset}/{wildcards.extractor}.h5",
+            "manifest": [f"{R}/{wildcards.dataset}/manifest.parquet"] if src.local_tars else []}
+
+
 def get_kmeans_train_stores(wildcards):
     km = config["kmeans"][wildcards.kmeans]
     return [f"{R}/{d}/{km['extractor']}.h5" for d in km["train"]]

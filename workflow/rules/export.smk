@@ -1,16 +1,19 @@
 rule export_embeddings:
     # clip-retrieval's layout of a store's global vectors (img_emb/ + metadata/ parts, float16, L2-normalised),
-    # what embedding-reader, autofaiss and clip-retrieval's back end read; streamed, memory one chunk of vectors
+    # what embedding-reader, autofaiss and clip-retrieval's back end read; streamed, memory one chunk of vectors.
+    # A dataset of tars on local disk also gives its manifest: each image's caption and url, read from its tar
     input:
-        f"{R}/{{dataset}}/{{extractor}}.h5",
+        unpack(get_export_input),
     output:
         directory(f"{R}/exports/{{dataset}}/{{extractor}}"),
+    params:
+        args=lambda wc, input: ARGS.export_embeddings(input.manifest),
     log:
         "logs/export_embeddings/{dataset}/{extractor}.log",
     conda:
         "../../envs/cpu.yaml"
     shell:
-        visfeat("export --format embedding-reader {input} {output}")
+        visfeat("export --format embedding-reader {params.args} {input.store} {output}")
 
 
 rule export_text_embeddings:

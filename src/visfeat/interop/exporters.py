@@ -304,7 +304,7 @@ def export_xlxmert_grid8(path: str, out: str, names: str = "id") -> int:
 
 
 def export_embedding_reader(path: str, out: str, field: str = "global", part_rows: int = retrieval.PART_ROWS,
-                            dtype: str = "float16", normalize: bool = True) -> int:
+                            dtype: str = "float16", normalize: bool = True, manifest: str | None = None) -> int:
     """clip-retrieval's layout (interop/retrieval.py) of a text store, or of an image store's fixed 1-D `field`."""
     if not retrieval.is_text_store(path):
         store = FeatureStore(path)
@@ -313,7 +313,7 @@ def export_embedding_reader(path: str, out: str, field: str = "global", part_row
                           f"field: {field!r}; --field names another)", _has(store))
         store.close()
     return retrieval.export_embedding_reader(path, out, field=field, part_rows=part_rows, dtype=dtype,
-                                             normalize=normalize)
+                                             normalize=normalize, manifest=manifest)
 
 
 EXPORTERS = {"xmodaler-npz": export_xmodaler_npz, "lxmert-h5": export_lxmert_h5, "lxmert-tsv": export_lxmert_tsv,
@@ -322,12 +322,12 @@ EXPORTERS = {"xmodaler-npz": export_xmodaler_npz, "lxmert-h5": export_lxmert_h5,
              "embedding-reader": export_embedding_reader}
 SPLIT_FORMATS = ("vissl-npy",)  # formats whose file names carry a split (`visfeat export --split`)
 VECTOR_FORMATS = ("embedding-reader",)  # one vector per row, in parts: `--field`, `--part-rows`, `--dtype`,
-# `--no-normalize`; rows keep the store's ids, so `--names` does not apply
+# `--no-normalize`, `--manifest`; rows keep the store's ids, so `--names` does not apply
 
 
 def export(fmt: str, path: str, out: str, split: str | None = None, names: str = "id", **vectors) -> int:
     """Export the store at `path` as `fmt` to `out`; `vectors`: the VECTOR_FORMATS' options (field, part_rows,
-    dtype, normalize)."""
+    dtype, normalize, manifest)."""
     if fmt not in EXPORTERS:
         raise ValueError(f"unknown export format {fmt!r}; available: {', '.join(EXPORTERS)}")
     if fmt in VECTOR_FORMATS:

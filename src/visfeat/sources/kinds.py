@@ -158,6 +158,12 @@ class SourceKind(ABC):
         """Where the report reads a store's images."""
         return self.root
 
+    @property
+    def local_tars(self) -> bool:
+        """Its images are samples of tars on local disk, which a reader of its manifest opens in place (the
+        export's captions and urls: `visfeat export --manifest`); tars in object storage are staged per job only."""
+        return False
+
     def inputs(self) -> list[str]:
         """The manifest job's Snakemake inputs."""
         return [self.root]
@@ -216,6 +222,10 @@ class TarKind(SourceKind):
     manifest."""
 
     captions = True
+
+    @property
+    def local_tars(self) -> bool:
+        return not self.remote
 
     @property
     def image_root(self) -> str:

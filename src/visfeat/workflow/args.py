@@ -191,6 +191,13 @@ class WorkflowArgs:
         """`copy` or `virtual` (the dataset's `merge` option)."""
         return self.config["datasets"][dataset].get("merge", "copy")
 
+    # exports
+
+    def export_embeddings(self, manifest: str | list[str] = ()) -> str:
+        """visfeat export --format embedding-reader: `manifest`, the rule's input where the dataset's tars are on
+        local disk (SourceKind.local_tars; common.smk get_export_input), gives each image its caption and url."""
+        return render([("--manifest", _first(manifest))])
+
     # k-means and reports
 
     def kmeans_train(self, kmeans: str) -> str:
