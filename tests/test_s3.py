@@ -1,11 +1,9 @@
 """The workflow with its inputs and every output in S3 (Snakemake's S3 storage plugin, a real SeaweedFS server from
 tests/helpers/s3.py): the same features as a local run, a server crash mid-extraction survived without recomputing
 what was uploaded, and wrong keys or a missing bucket said in one line at start."""
-import io
 import os
 import subprocess
 import sys
-import tarfile
 import time
 
 import pytest
@@ -13,30 +11,12 @@ import yaml
 from conftest import copy_workflow, require_workflow_marker, snakemake
 from helpers.s3 import S3Server, list_keys, make_bucket, weed_binary
 from helpers.stores import stores_identical
+from helpers.webdataset import photo_tars
 
 pytestmark = pytest.mark.workflow
 
 BUCKET = "visfeat"
 FEATURES = ["effnet-lite0"]
-
-
-def _tars(sample_dir) -> dict[str, bytes]:
-    """Two webdataset tars of JPEGs of the sample photos, as img2dataset names them."""
-    from PIL import Image
-
-    photos = sorted(p for p in sample_dir.iterdir() if p.suffix in (".png", ".jpg"))[:4]
-    out = {}
-    for k in range(2):
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as t:
-            for j, p in enumerate(photos[2 * k:2 * k + 2]):
-                b = io.BytesIO()
-                Image.open(p).convert("RGB").save(b, "JPEG", quality=90)
-                info = tarfile.TarInfo(f"{k:05d}{j:04d}.jpg")
-                info.size = len(b.getvalue())
-                t.addfile(info, io.BytesIO(b.getvalue()))
-        out[f"{k:05d}.tar"] = buf.getvalue()
-    return out
 
 
 def _config(path: str) -> dict:
@@ -63,7 +43,7 @@ def _get(server, key: str, dest):
 def s3_run(s3_server, sample_dir, tmp_path_factory):
     """The workflow on webdataset tars in the bucket, every output in it too (all_features and kmeans)."""
     make_bucket(s3_server, BUCKET)
-    tars = _tars(sample_dir)
+    tars = photo_tars(sample_dir)
     for name, data in tars.items():
         s3_server.client().put_object(Bucket=BUCKET, Key=f"cc/{name}", Body=data)
     base = tmp_path_factory.mktemp("s3run")

@@ -156,6 +156,51 @@ def test_all_features_on_slurm(cluster, tiny_clip, tmp_path, capsys):
               f"its last batch and the merged file is identical to the uninterrupted one")
 
 
+def test_all_features_on_slurm_with_every_file_in_s3(cluster, s3_server, sample_dir, tmp_path, capsys):
+    """The README's two sets of flags together: `snakemake --profile slurm all_features` with Snakemake's S3 storage
+    (webdataset tars read from a bucket, every output written to it): the jobs run on SLURM's partitions, each
+    staging its inputs and uploading its outputs itself, and nothing is left in the local results/."""
+    from helpers.s3 import list_keys, make_bucket
+    from helpers.webdataset import photo_tars
+
+    make_bucket(s3_server, "slurm")
+    for name, data in photo_tars(sample_dir).items():
+        s3_server.client().put_object(Bucket="slurm", Key=f"cc/{name}", Body=data)
+    (tmp_path / "wf").mkdir()
+    wd = copy_workflow(tmp_path / "wf")
+    (wd / "config/config.yaml").write_text(yaml.safe_dump({
+        "datasets": {"cc": {"source": "webdataset", "path": "s3://slurm/cc/{00000..00001}.tar"}},
+        "extractors": {"effnet-lite0": {"workers": 1}},
+        "features": [{"datasets": ["cc"], "extractors": ["effnet-lite0"]}]}))
+    (wd / "profiles/default/config.yaml").write_text("cores: all\nslurm-init-seconds-before-status-checks: 6\n")
+    home = _home_with_profile(tmp_path, wd)
+    before = {j["JobId"] for j in cluster.jobs()}
+    exe = Path(sys.executable).with_name("snakemake")
+    cmd = ["snakemake", "--profile", "slurm", "all_features", *s3_server.storage_args("s3://slurm/run")]
+    p = subprocess.run(cmd, cwd=wd, capture_output=True, text=True, timeout=900,
+                       env={**{k: v for k, v in os.environ.items() if k != "XDG_CONFIG_HOME"}, **s3_server.env(),
+                            "HOME": str(home), "PATH": f"{exe.parent}:{os.environ['PATH']}"})
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-6000:]
+    by_rule: dict[str, list[dict]] = {}
+    for j in _rule_jobs(cluster, before):
+        by_rule.setdefault(j["rule"], []).append(j)
+    assert len(by_rule.get("extract", [])) == 2
+    for j in by_rule["extract"]:
+        assert j["Partition"] == "gpu" and "gpu:1" in j.get("TresPerJob", "") and j["JobState"] == "COMPLETED"
+    assert all(j["Partition"] == "cpu" for j in by_rule["manifest"] + by_rule["merge"])
+    keys = set(list_keys(s3_server, "slurm", "run/"))
+    assert {"run/results/cc/manifest.parquet", "run/results/cc/effnet-lite0/shards/0.h5",
+            "run/results/cc/effnet-lite0/shards/1.h5", "run/results/cc/effnet-lite0.h5"} <= keys
+    local = [f for f in (wd / "results").rglob("*") if f.is_file()] if (wd / "results").exists() else []
+    assert local == []
+    s3_server.client().download_file("slurm", "run/results/cc/effnet-lite0.h5", str(tmp_path / "cc.h5"))
+    with visfeat.open(tmp_path / "cc.h5") as store:
+        assert len(store) == 4 and store.failed == []
+    with capsys.disabled():
+        print(f"[slurm+s3] {' '.join(cmd)}: {sum(map(len, by_rule.values()))} SLURM jobs, {len(keys)} objects "
+              f"under s3://slurm/run/, nothing in the local results/")
+
+
 def test_slurm_profile_dry_run_plans_gpu_jobs(tmp_path):
     """`snakemake --profile profiles/slurm -n all_features` on the default config: extraction on the GPU partition
     with gpu=1, the CPU steps on the CPU partition (that downloads stay local is checked on the real cluster)."""

@@ -15,3 +15,23 @@ def write_tar(path: Path, samples: dict[str, dict[str, bytes]]) -> Path:
                 info.size = len(data)
                 t.addfile(info, io.BytesIO(data))
     return path
+
+
+def photo_tars(sample_dir: Path) -> dict[str, bytes]:
+    """Two webdataset tars of JPEGs of the first four sample photos (two each), named as img2dataset names them:
+    file name -> tar bytes (for an S3 bucket)."""
+    from PIL import Image
+
+    photos = sorted(p for p in Path(sample_dir).iterdir() if p.suffix in (".png", ".jpg"))[:4]
+    out = {}
+    for k in range(2):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as t:
+            for j, p in enumerate(photos[2 * k:2 * k + 2]):
+                b = io.BytesIO()
+                Image.open(p).convert("RGB").save(b, "JPEG", quality=90)
+                info = tarfile.TarInfo(f"{k:05d}{j:04d}.jpg")
+                info.size = len(b.getvalue())
+                t.addfile(info, io.BytesIO(b.getvalue()))
+        out[f"{k:05d}.tar"] = buf.getvalue()
+    return out
