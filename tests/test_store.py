@@ -56,6 +56,19 @@ def test_roundtrip_fixed_and_ragged(tmp_path):
 
 
 
+def test_find_is_the_index_without_building_it(tmp_path, monkeypatch):
+    """One lookup (`visfeat show`) reads the ids a chunk at a time instead of indexing them all."""
+    from visfeat.store import reader
+
+    ids = [f"id{k}" for k in range(7)] + ["é/ü"]  # utf-8 ids compare as stored
+    _write(tmp_path / "a.h5", ids)
+    monkeypatch.setattr(reader, "FIND_ROWS", 3)  # the hits and the miss span chunks
+    s = visfeat.open(tmp_path / "a.h5")
+    assert [s.find(i) for i in ids] == list(range(8)) and s.find("id") is None and s.find("zzz") is None
+    assert s._index is None
+    assert [s.find(i) for i in ids] == [s.index[i] for i in ids]
+
+
 def test_merge_checks_the_manifest_shard_by_shard(tmp_path, capsys):
     """`visfeat merge --manifest`: shard store k against the manifest's shard k (read_shard), a tar source's
     manifest (no per-image rows) by uniqueness alone; hashes tell ids apart whatever their byte width."""

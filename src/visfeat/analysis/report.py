@@ -385,9 +385,9 @@ def show(store_path: str, image_id: str, out: str, root: str | None = None,
     """One image's boxes or grid cells to `out`, beside a classifier's top-5 classes (also printed). An image that
     cannot be read raises (read_image): only an imported store, which names no image files, is drawn on grey."""
     s = FeatureStore(store_path)
-    if image_id not in s:
+    i = s.find(image_id)  # one lookup: no index of every id
+    if i is None:
         raise KeyError(f"{image_id!r} is not in {store_path}")
-    i = s.index[image_id]
     img = read_image(root, s, i)
     row = s.row(i)
     names = logit_words(str(s.attrs.get(Attr.PRESET, "")))
