@@ -6,6 +6,7 @@ import io
 import os
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -21,6 +22,9 @@ WEBDATASET_TEXT = ("txt", "json")  # copied into the manifest: img2dataset's cap
 
 # webdataset's base_plus_ext: the key is the member name up to the first dot of its file name
 _MEMBER = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
+
+BLOCK = 512  # a tar header and the unit of its data (POSIX ustar)
+_ZERO_BLOCK = bytes(BLOCK)
 
 
 def expand_braces(pattern: str) -> list[str]:
@@ -53,9 +57,68 @@ def tar_paths(path: str | list[str]) -> list[str]:
     return [path]
 
 
+class _Member(NamedTuple):
+    """What the scan uses of a file member: its name and where its data is."""
+
+    name: str
+    offset_data: int
+    size: int
+
+
+def _plain_members(tar: str) -> list[_Member] | None:
+    """The file members of a whole tar whose headers are all plain (ustar/GNU/v7 regular files and directories,
+    names in the 100-byte field, octal sizes), read by slicing each 512-byte header: what img2dataset and
+    webdataset write, several times faster than tarfile's TarInfo per member. None for anything else (pax or
+    long-name headers, a bad checksum, a cut tar, no end-of-archive blocks): `_tar_members` then asks tarfile, whose
+    reading and error messages stay the reference."""
+    members = []
+    size = os.path.getsize(tar)
+    with open(tar, "rb") as f:
+        offset = 0
+        while True:
+            if offset + BLOCK > size:
+                return None
+            f.seek(offset)
+            h = f.read(BLOCK)
+            if h == _ZERO_BLOCK:
+                if offset == 0:
+                    return None  # an empty archive: tarfile calls it unreadable
+                tail = f.read(1 << 20)  # the end check of _tarfile_members: zero blocks to the end
+                return members if len(tail) >= BLOCK and not tail.strip(b"\0") else None
+            kind = h[156:157]
+            # tarfile prefixes the name with a non-empty 345:500 field (ustar's long names; GNU's atime: rare)
+            if kind not in (b"0", b"\0", b"5") or h[124] & 0x80 or h[345] != 0:
+                return None
+            unsigned = 256 + sum(h[:148]) + sum(h[156:])
+            try:
+                chksum = int(h[148:156].split(b"\0", 1)[0].strip() or b"0", 8)
+                n = int(h[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+            except ValueError:
+                return None
+            if chksum != unsigned:
+                return None
+            data = offset + BLOCK
+            if data + n > size:
+                return None
+            name = h[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")  # tarfile's nts
+            if kind != b"5" and not (kind == b"\0" and name.endswith("/")):  # tarfile: both are directories
+                members.append(_Member(name, data, n))
+            offset = data + -(-n // BLOCK) * BLOCK
+
+
 def _tar_members(tar: str) -> tuple[list, str | None]:
     """The file members of one tar from their headers, in order, and why the tar ends early (None: it is whole).
-    Nothing is unpacked: tarfile reads the headers, the data is read later at each member's offset."""
+    Nothing is unpacked: the headers are read (`_plain_members`, else tarfile), the data later at each member's
+    offset."""
+    try:
+        plain = _plain_members(tar)
+    except OSError:  # tarfile says why, as for every other tar it reads
+        plain = None
+    return (plain, None) if plain is not None else _tarfile_members(tar)
+
+
+def _tarfile_members(tar: str) -> tuple[list, str | None]:
+    """`_tar_members` by tarfile: any tar, and why it ends early."""
     import tarfile
 
     members, broken = [], None
