@@ -14,6 +14,7 @@ import open_clip
 import pytest
 import timm
 import torch
+from helpers.tiny_models import register_tiny_openclip
 from open_clip import pretrained as oc_pretrained
 from PIL import Image
 from safetensors.torch import save_file
@@ -85,20 +86,8 @@ def tiny(tmp_path_factory):
     d = tmp_path_factory.mktemp("openclip")
     out = {}
     for name, (cfg, (real, real_tag), _) in MODELS.items():
-        (d / f"{name}.json").write_text(json.dumps(cfg))
-        open_clip.add_model_config(d / f"{name}.json")
-        torch.manual_seed(0)
-        model = open_clip.create_model(name, quick_gelu=bool(open_clip.get_pretrained_cfg(real, real_tag)
-                                                              .get("quick_gelu")))
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.02 * torch.randn_like(p))
-        path = d / name / "open_clip_model.safetensors"
-        path.parent.mkdir()
-        save_file({k: v.contiguous().clone() for k, v in model.state_dict().items()}, str(path))
-        oc_pretrained._PRETRAINED[name] = {TAG: {**open_clip.get_pretrained_cfg(real, real_tag), "hf_hub": "",
-                                                 "file": str(path)}}
-        out[name] = path
+        quick_gelu = bool(open_clip.get_pretrained_cfg(real, real_tag).get("quick_gelu"))
+        out[name] = register_tiny_openclip(d, name, cfg, real, real_tag, TAG, quick_gelu)
     yield out
     for name in MODELS:
         oc_pretrained._PRETRAINED.pop(name, None)

@@ -16,9 +16,9 @@ import open_clip
 import pytest
 import timm
 import torch
+from helpers.tiny_models import register_tiny_openclip
 from open_clip import pretrained as oc_pretrained
 from open_clip.tokenizer import HFTokenizer
-from safetensors.torch import save_file
 from timm.models import register_model
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
@@ -93,18 +93,7 @@ def tiny(tmp_path_factory):
         cfg["embed_dim"] = 32
         cfg["vision_cfg"].update(image_size=32, timm_model_name=TRUNK)
         cfg["text_cfg"].update(context_length=CONTEXT, vocab_size=VOCAB, width=32, heads=2, layers=1)
-        (d / f"{name}.json").write_text(json.dumps(cfg))
-        open_clip.add_model_config(d / f"{name}.json")
-        torch.manual_seed(0)
-        model = open_clip.create_model(name)
-        with torch.no_grad():
-            for p in model.parameters():
-                p.add_(0.02 * torch.randn_like(p))
-        path = d / name / "open_clip_model.safetensors"
-        path.parent.mkdir()
-        save_file({k: v.contiguous().clone() for k, v in model.state_dict().items()}, str(path))
-        oc_pretrained._PRETRAINED[name] = {TAG: {**open_clip.get_pretrained_cfg(real, real_tag), "hf_hub": "",
-                                                 "file": str(path)}}
+        path = register_tiny_openclip(d, name, cfg, real, real_tag, TAG)
         out[name] = (path, save_tokenizer(style, path.parent))
     yield out
     for name in MODELS:

@@ -71,3 +71,30 @@ def save_torchscript(sd: dict[str, torch.Tensor], path: str | Path) -> Path:
 def save_state_dict(sd: dict[str, torch.Tensor], path: str | Path) -> Path:
     torch.save(sd, str(path))
     return Path(path)
+
+
+def register_tiny_openclip(folder: Path, name: str, cfg: dict, real: str, real_tag: str, tag: str,
+                           quick_gelu: bool = False) -> Path:
+    """A tiny open_clip model `name` from `cfg`, registered with open_clip (model config, and tag `tag` whose
+    preprocessing is `real`/`real_tag`'s, pointing at the file), random weights all perturbed (no zero-init block
+    left an identity), saved as `folder/name/open_clip_model.safetensors`; returns that path. Undo the tag with
+    `oc_pretrained._PRETRAINED.pop(name)`."""
+    import json
+
+    import open_clip
+    from open_clip import pretrained as oc_pretrained
+    from safetensors.torch import save_file
+
+    (folder / f"{name}.json").write_text(json.dumps(cfg))
+    open_clip.add_model_config(folder / f"{name}.json")
+    torch.manual_seed(0)
+    model = open_clip.create_model(name, quick_gelu=quick_gelu)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    path = folder / name / "open_clip_model.safetensors"
+    path.parent.mkdir()
+    save_file({k: v.contiguous().clone() for k, v in model.state_dict().items()}, str(path))
+    oc_pretrained._PRETRAINED[name] = {tag: {**open_clip.get_pretrained_cfg(real, real_tag), "hf_hub": "",
+                                             "file": str(path)}}
+    return path
